@@ -1,0 +1,54 @@
+# Leadrelay: `make run` starts the product on its embedded default, `make test` runs lint
+# and the whole suite (PostgreSQL + Redis). See README.md.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+export UV_COMPILE_BYTECODE := 1
+
+.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake clean
+
+$(BIN)/uv:
+	@$(PY) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check uv
+
+venv: $(BIN)/uv
+
+deps: venv
+	@$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
+
+dev-deps: venv
+	@$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt
+
+## run: web + worker + beat on SQLite and the file-system broker, with demo data
+run: deps
+	@mkdir -p var
+	@$(BIN)/python manage.py migrate --no-input -v0
+	@$(BIN)/python manage.py collectstatic --no-input -v0
+	@LOG_LEVEL=WARNING $(BIN)/python manage.py demo_load
+	@echo "Starting web, worker and beat (Ctrl-C stops all of them)..."
+	@exec $(BIN)/honcho start -f Procfile
+
+## test: ruff, then the whole suite on PostgreSQL + Redis (started if installed but down)
+test: dev-deps
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@source scripts/test-env.sh && $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: dev-deps
+	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: dev-deps
+	@$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+## lock: re-pin requirements*.txt from pyproject.toml
+lock: venv
+	@$(BIN)/uv pip compile --quiet pyproject.toml -o requirements.txt
+	@$(BIN)/uv pip compile --quiet --extra dev pyproject.toml -o requirements-dev.txt
+
+bench-intake: dev-deps
+	@source scripts/test-env.sh && $(BIN)/python bench/intake.py
+
+clean:
+	rm -rf var .venv

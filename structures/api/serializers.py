@@ -1,0 +1,54 @@
+"""Serializers that describe the partner API in the OpenAPI schema. The lead body is
+validated by the structure's field types (services.lead_values_validate), because each
+workspace defines its own fields."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from structures.choices import LeadStatus
+
+
+class LeadInSerializer(serializers.Serializer):
+    """The structure's fields (e.g. `g_email`, `g_phone`) plus these optional keys."""
+
+    structure = serializers.SlugField(
+        required=False, help_text="Structure slug; the partner's default structure if absent."
+    )
+    external_id = serializers.CharField(
+        required=False, max_length=120, help_text="Your own id of this lead."
+    )
+    sub1 = serializers.CharField(required=False, max_length=255, help_text="Tracking value.")
+    sub2 = serializers.CharField(required=False, max_length=255)
+    sub3 = serializers.CharField(required=False, max_length=255)
+    sub4 = serializers.CharField(required=False, max_length=255)
+    sub5 = serializers.CharField(required=False, max_length=255)
+    test = serializers.BooleanField(
+        required=False, help_text="A test lead: runs everything, never counts or pays."
+    )
+
+    class Meta:
+        ref_name = "LeadIn"
+
+
+class LeadOutSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The public lead id (pcid).")
+    status = serializers.ChoiceField(choices=LeadStatus.choices)
+    reason = serializers.CharField(allow_blank=True)
+    external_id = serializers.CharField(allow_blank=True)
+    test = serializers.BooleanField()
+    status_url = serializers.URLField()
+
+
+class LeadDetailSerializer(LeadOutSerializer):
+    created_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+    outcome = serializers.DictField(help_text="Distribution outcome: buyer, price, redirect.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    detail = serializers.CharField()
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )

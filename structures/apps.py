@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class StructuresConfig(AppConfig):
+    name = "structures"
+    verbose_name = "Leads & partners"
+
+    def ready(self) -> None:
+        from structures.api import schema  # noqa: F401  (registers the OpenAPI auth scheme)

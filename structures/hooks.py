@@ -1,0 +1,43 @@
+"""Hooks that higher apps fill (DESIGN.md: dependencies point one way; a lower app that
+must react to a higher one exposes a registry or a signal).
+
+- ``DECISION_GATES``: what a lead must pass before a refusal policy approves it. The
+  pingtree app registers its ``filters`` and ``pingtree`` gates; ``validation`` gates
+  (external validation integrations) come from integrations.
+- ``OUTCOME_PROVIDERS``: add to the outcome shown by ``GET /api/v1/leads/<id>/``.
+- ``lead_accepted``: sent after commit for every approved or pending lead (distribution).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.dispatch import Signal
+
+if TYPE_CHECKING:
+    from structures.models import Lead
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """``passed`` None means "not decided yet, look again later"."""
+
+    passed: bool | None
+    reason: str = ""
+
+
+Gate = Callable[["Lead"], GateResult]
+
+DECISION_GATES: dict[str, list[Gate]] = {"validation": [], "filters": [], "pingtree": []}
+OUTCOME_PROVIDERS: list[Callable[[Lead], dict[str, Any]]] = []
+
+# Sent with ``lead_id`` after the transaction that accepted the lead committed.
+lead_accepted = Signal()
+
+
+def register_gate(stage: str, gate: Gate) -> Gate:
+    """Add a gate to a stage (``validation``, ``filters``, ``pingtree``)."""
+    DECISION_GATES[stage].append(gate)
+    return gate

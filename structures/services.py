@@ -1,0 +1,516 @@
+"""Writes of the structures app: lead intake and decisions, partner keys, workspaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from structures import hooks
+from structures.choices import LeadSource, LeadStatus, MustPass, PartnerScope, PartnerStatus
+from structures.exceptions import IdempotencyConflict, LeadInvalid, PartnerInactive
+from structures.fieldtypes import FieldValueError, TypeContext, get_type
+from structures.models import (
+    DuplicateKey,
+    IdempotencyRecord,
+    Lead,
+    LeadEvent,
+    Partner,
+    PartnerAPIKey,
+    RefusalPolicy,
+    Structure,
+    Workspace,
+)
+from structures.selectors import (
+    FieldSpec,
+    active_duplicate_rules,
+    refusal_policy_for,
+    structure_field_specs,
+)
+
+log = structlog.get_logger(__name__)
+
+RESERVED_KEYS = ("external_id", "sub1", "sub2", "sub3", "sub4", "sub5", "test", "structure")
+# A pending lead whose processing task was lost is re-driven by the sweeper after this.
+PROCESS_GRACE = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """What the partner is told: HTTP status and JSON body."""
+
+    status_code: int
+    body: dict[str, Any]
+    lead: Lead | None = None
+    replayed: bool = False
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def lead_values_validate(
+    *, specs: list[FieldSpec], payload: dict[str, Any], default_region: str
+) -> tuple[dict[str, str], dict[str, Any], dict[str, list[str]]]:
+    """Validate and normalise ``payload`` against a structure's fields.
+
+    Returns (values by field name, reserved keys, errors by field name). Unknown keys are
+    errors: a partner sending a misspelled field learns it at once instead of losing data.
+    """
+    errors: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
+    known = {spec.name for spec in specs}
+    for key in payload:
+        if key not in known and key not in RESERVED_KEYS:
+            errors[str(key)[:100]] = ["Unknown field for this structure."]
+    for spec in specs:
+        raw = payload.get(spec.name)
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            raw = spec.default or None
+        if raw is None:
+            if spec.is_required:
+                errors[spec.name] = ["This field is required."]
+            continue
+        try:
+            value = get_type(spec.type).normalize(
+                raw, TypeContext(default_region=default_region, choices=spec.choices)
+            )
+        except FieldValueError as exc:
+            errors[spec.name] = [str(exc)]
+            continue
+        if value == "" and spec.is_required:
+            errors[spec.name] = ["This field is required."]
+            continue
+        if spec.regex and value and not re.fullmatch(spec.regex, value):
+            errors[spec.name] = ["Does not match the expected format."]
+            continue
+        if value != "":
+            values[spec.name] = value
+    extras: dict[str, Any] = {}
+    for key in ("external_id", "sub1", "sub2", "sub3", "sub4", "sub5"):
+        raw = payload.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, str | int):
+            errors[key] = ["Expected a text value."]
+            continue
+        text = str(raw).strip()
+        limit = 120 if key == "external_id" else 255
+        if len(text) > limit:
+            errors[key] = [f"At most {limit} characters."]
+            continue
+        extras[key] = text
+    if "test" in payload:
+        try:
+            extras["is_test"] = (
+                get_type("checkbox").normalize(payload["test"], TypeContext()) == "true"
+            )
+        except FieldValueError:
+            errors["test"] = ["Enter true or false."]
+    return values, extras, errors
+
+
+# --- intake -------------------------------------------------------------------------------
+
+
+def _request_hash(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _policy_applies(policy: RefusalPolicy | None, *, source: str, partner: Partner) -> bool:
+    if policy is None or not policy.is_enabled:
+        return False
+    if source == LeadSource.API and not policy.applies_to_api:
+        return False
+    if source == LeadSource.IFRAME and not policy.applies_to_iframe:
+        return False
+    if policy.partner_scope == PartnerScope.ALL:
+        return True
+    listed = any(p.id == partner.id for p in policy.partners.all())
+    return listed if policy.partner_scope == PartnerScope.INCLUDE else not listed
+
+
+class _Duplicate(Exception):
+    def __init__(self, holder_id: int, rule_name: str) -> None:
+        self.holder_id = holder_id
+        self.rule_name = rule_name
+
+
+def _duplicate_keys(*, lead: Lead) -> list[tuple[str, str, timedelta]]:
+    """(key hash, rule name, window) for every active rule whose fields the lead has."""
+    keys = []
+    for rule in active_duplicate_rules(workspace_id=lead.workspace_id):
+        names = sorted(f.name for f in rule.fields.all())
+        values = [lead.data.get(name, "") for name in names]
+        if not names or any(v == "" for v in values):
+            continue
+        scope = f"p{lead.partner_id}" if rule.scope == "partner" else "ws"
+        material = "\x1f".join([str(rule.id), scope, *names, *values])
+        keys.append(
+            (
+                hashlib.sha256(material.encode()).hexdigest(),
+                rule.name,
+                timedelta(hours=rule.window_hours),
+            )
+        )
+    return keys
+
+
+def _claim_duplicate_keys(*, lead: Lead) -> None:
+    """Claim every duplicate key of the lead or raise _Duplicate (caller's savepoint rolls
+    the partial claims back). The unique constraint decides races: concurrent inserts of
+    one key wait for the first transaction and then fail."""
+    now = timezone.now()
+    for key, rule_name, window in _duplicate_keys(lead=lead):
+        try:
+            with transaction.atomic():
+                DuplicateKey.objects.create(
+                    workspace_id=lead.workspace_id, key=key, lead=lead, expires_at=now + window
+                )
+            continue
+        except IntegrityError:
+            pass
+        # Someone holds the key. If their window is over, take it over with a conditional
+        # UPDATE; 0 rows means another request renewed it first.
+        taken = DuplicateKey.objects.filter(
+            workspace_id=lead.workspace_id, key=key, expires_at__lte=now
+        ).update(lead=lead, expires_at=now + window)
+        if taken:
+            continue
+        holder = (
+            DuplicateKey.objects.filter(workspace_id=lead.workspace_id, key=key)
+            .values_list("lead_id", flat=True)
+            .first()
+        )
+        raise _Duplicate(holder_id=holder or 0, rule_name=rule_name)
+
+
+def lead_body(lead: Lead) -> dict[str, Any]:
+    """The partner's view of a lead (intake answer and GET)."""
+    body: dict[str, Any] = {
+        "id": lead.pcid,
+        "status": lead.status,
+        "reason": lead.reason,
+        "external_id": lead.external_id,
+        "test": lead.is_test,
+        "status_url": lead.status_url,
+    }
+    return body
+
+
+def lead_intake(
+    *,
+    api_key: PartnerAPIKey,
+    payload: dict[str, Any],
+    source: str = LeadSource.API,
+    ip: str | None = None,
+    idempotency_key: str | None = None,
+) -> IntakeResult:
+    """Take a lead in: validate, normalise, check duplicates, apply the refusal policy,
+    save it with its history and queue its processing after commit.
+
+    The lead is a database row before the partner hears "accepted" (DESIGN.md invariant).
+    """
+    partner = api_key.partner
+    workspace: Workspace = partner.workspace
+    if partner.status != PartnerStatus.ACTIVE:
+        raise PartnerInactive(f"Partner is {partner.get_status_display().lower()}.")
+
+    request_hash = _request_hash(payload) if idempotency_key else ""
+    if idempotency_key:
+        replay = _idempotent_replay(api_key=api_key, key=idempotency_key, request_hash=request_hash)
+        if replay:
+            return replay
+
+    structure = _structure_for(partner=partner, payload=payload)
+    specs = structure_field_specs(structure=structure)
+    values, extras, errors = lead_values_validate(
+        specs=specs, payload=payload, default_region=str(workspace.default_country) or "US"
+    )
+    if errors:
+        raise LeadInvalid("Some fields are not valid.", errors=errors)
+
+    policy = refusal_policy_for(workspace_id=workspace.id)
+    pending = _policy_applies(policy, source=source, partner=partner)
+    try:
+        with transaction.atomic():
+            result = _lead_save(
+                workspace=workspace,
+                partner=partner,
+                structure=structure,
+                values=values,
+                extras=extras,
+                source=source,
+                ip=ip,
+                pending=pending,
+                actor=f"key {api_key.prefix}",
+            )
+            if idempotency_key:
+                IdempotencyRecord.objects.create(
+                    api_key=api_key,
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    status_code=result.status_code,
+                    response=result.body,
+                )
+    except IntegrityError:
+        # Only the idempotency row can conflict here (duplicate keys have their own
+        # savepoint): a concurrent request with the same key won; answer as it did.
+        if idempotency_key:
+            replay = _idempotent_replay(
+                api_key=api_key, key=idempotency_key, request_hash=request_hash
+            )
+            if replay:
+                return replay
+        raise
+    return result
+
+
+def _structure_for(*, partner: Partner, payload: dict[str, Any]) -> Structure:
+    slug = payload.get("structure")
+    if slug is not None:
+        structure = Structure.objects.filter(
+            workspace_id=partner.workspace_id, slug=str(slug), is_active=True
+        ).first()
+        if structure is None:
+            raise LeadInvalid(
+                "Unknown structure.", errors={"structure": ["No active structure with this slug."]}
+            )
+        return structure
+    structure = partner.default_structure
+    if structure is None or not structure.is_active:
+        raise LeadInvalid(
+            "No structure.",
+            errors={
+                "structure": ["This partner has no default structure; name one with `structure`."]
+            },
+        )
+    return structure
+
+
+def _idempotent_replay(
+    *, api_key: PartnerAPIKey, key: str, request_hash: str
+) -> IntakeResult | None:
+    record = IdempotencyRecord.objects.filter(api_key=api_key, key=key).first()
+    if record is None:
+        return None
+    if record.request_hash != request_hash:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was used with a different request body.",
+            errors={"Idempotency-Key": ["Already used with a different request body."]},
+        )
+    return IntakeResult(status_code=record.status_code, body=record.response, replayed=True)
+
+
+def _lead_save(
+    *,
+    workspace: Workspace,
+    partner: Partner,
+    structure: Structure,
+    values: dict[str, str],
+    extras: dict[str, Any],
+    source: str,
+    ip: str | None,
+    pending: bool,
+    actor: str,
+) -> IntakeResult:
+    now = timezone.now()
+    lead = Lead(
+        workspace=workspace,
+        structure=structure,
+        partner=partner,
+        source=source,
+        status=LeadStatus.PENDING if pending else LeadStatus.APPROVED,
+        data=values,
+        ip=ip,
+        next_check_at=now + PROCESS_GRACE if pending else None,
+        decided_at=None if pending else now,
+        **extras,
+    )
+    lead.save()
+    structlog.contextvars.bind_contextvars(lead_id=lead.pcid)
+    events = [
+        LeadEvent(
+            workspace=workspace,
+            lead=lead,
+            kind="received",
+            actor=actor,
+            message=f"Received from {partner} via {source}.",
+        )
+    ]
+    if not lead.is_test:
+        try:
+            with transaction.atomic():
+                _claim_duplicate_keys(lead=lead)
+        except _Duplicate as dup:
+            lead.status = LeadStatus.DUPLICATE
+            lead.reason = f"Duplicate of an earlier lead (rule: {dup.rule_name})."
+            lead.duplicate_of_id = dup.holder_id or None
+            lead.next_check_at = None
+            lead.decided_at = now
+            lead.save(
+                update_fields=["status", "reason", "duplicate_of", "next_check_at", "decided_at"]
+            )
+    kind = lead.status
+    message = {
+        LeadStatus.APPROVED: "Approved (refusal policy off).",
+        LeadStatus.PENDING: "Pending: the refusal policy decides.",
+        LeadStatus.DUPLICATE: lead.reason,
+    }[lead.status]
+    events.append(
+        LeadEvent(workspace=workspace, lead=lead, kind=kind, message=message, actor="system")
+    )
+    LeadEvent.objects.bulk_create(events)
+    log.info("lead.received", status=lead.status, partner_id=partner.id, test=lead.is_test)
+    if lead.status in (LeadStatus.APPROVED, LeadStatus.PENDING):
+        transaction.on_commit(lambda: _after_accept(lead.id, lead.status), robust=True)
+    return IntakeResult(status_code=201, body=lead_body(lead), lead=lead)
+
+
+def _after_accept(lead_id: int, status: str) -> None:
+    from structures.tasks import lead_process_task
+
+    if status == LeadStatus.PENDING:
+        lead_process_task.delay(lead_id)
+    hooks.lead_accepted.send(sender=Lead, lead_id=lead_id)
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+STAGES_FOR = {
+    MustPass.EVERYTHING: ("validation", "filters", "pingtree"),
+    MustPass.VALIDATION: ("validation",),
+    MustPass.FILTERS: ("validation", "filters"),
+    MustPass.PINGTREE: ("validation", "pingtree"),
+}
+
+
+def lead_process(*, lead_id: int) -> None:
+    """Decide a pending lead by its workspace's refusal policy: run the gates of every
+    stage the policy asks for. Safe to run twice: only a pending lead is decided."""
+    lead = Lead.objects.select_related("workspace", "partner").filter(pk=lead_id).first()
+    if lead is None or lead.status != LeadStatus.PENDING:
+        log.info("lead.process.skipped", lead_pk=lead_id)
+        return
+    structlog.contextvars.bind_contextvars(lead_id=lead.pcid)
+    policy = refusal_policy_for(workspace_id=lead.workspace_id)
+    stages = STAGES_FOR[MustPass(policy.must_pass if policy else MustPass.EVERYTHING)]
+    for stage in stages:
+        for gate in hooks.DECISION_GATES[stage]:
+            result = gate(lead)
+            if result.passed is None:
+                Lead.objects.filter(pk=lead.pk, status=LeadStatus.PENDING).update(
+                    next_check_at=timezone.now() + PROCESS_GRACE
+                )
+                return
+            if not result.passed:
+                lead_decide(lead=lead, approve=False, reason=result.reason, actor="system")
+                return
+    lead_decide(lead=lead, approve=True, reason="", actor="system")
+
+
+def lead_decide(*, lead: Lead, approve: bool, reason: str, actor: str) -> bool:
+    """Approve or reject a pending lead. Returns False when it was no longer pending
+    (someone else decided first): a conditional UPDATE makes the decision happen once."""
+    status = LeadStatus.APPROVED if approve else LeadStatus.REJECTED
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Lead.objects.filter(pk=lead.pk, status=LeadStatus.PENDING).update(
+            status=status, reason=reason[:300], decided_at=now, next_check_at=None
+        )
+        if not changed:
+            return False
+        LeadEvent.objects.create(
+            workspace_id=lead.workspace_id,
+            lead_id=lead.pk,
+            kind=status,
+            message=reason or ("Approved." if approve else "Rejected."),
+            actor=actor,
+        )
+    lead.status, lead.reason, lead.decided_at = status, reason, now
+    log.info("lead.decided", lead_id=lead.pcid, status=status, reason=reason)
+    return True
+
+
+def leads_sweep(*, limit: int = 500) -> int:
+    """Re-drive pending leads whose processing is due (the task was lost or a gate asked
+    to look again). Each lead is claimed by moving its next check forward, so two
+    sweepers never queue it twice in one interval."""
+    from structures.tasks import lead_process_task
+
+    now = timezone.now()
+    due = list(
+        Lead.objects.filter(status=LeadStatus.PENDING, next_check_at__lte=now)
+        .order_by("next_check_at")
+        .values_list("id", "next_check_at")[:limit]
+    )
+    queued = 0
+    for lead_id, next_check_at in due:
+        claimed = Lead.objects.filter(
+            pk=lead_id, status=LeadStatus.PENDING, next_check_at=next_check_at
+        ).update(next_check_at=now + PROCESS_GRACE * 2)
+        if claimed:
+            lead_process_task.delay(lead_id)
+            queued += 1
+    cutoff = now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return queued
+
+
+# --- partner keys -------------------------------------------------------------------------
+
+
+def partner_api_key_create(
+    *, partner: Partner, name: str, rate_limit_per_minute: int | None = None
+) -> tuple[PartnerAPIKey, str]:
+    """Create a key and return it with its plaintext, which is never stored nor shown
+    again."""
+    api_key, plaintext = PartnerAPIKey.objects.create_key(
+        partner=partner,
+        name=name,
+        rate_limit_per_minute=(
+            settings.DEFAULT_API_KEY_RATE_LIMIT
+            if rate_limit_per_minute is None
+            else rate_limit_per_minute
+        ),
+    )
+    return api_key, plaintext
+
+
+def partner_api_key_revoke(*, api_key: PartnerAPIKey) -> None:
+    PartnerAPIKey.objects.filter(pk=api_key.pk).update(revoked=True)
+
+
+# --- workspaces ---------------------------------------------------------------------------
+
+
+def workspace_create(*, workspace: Workspace, owner: Any | None) -> Workspace:
+    """Create a workspace with its owner, its refusal policy (off) and the usual duplicate
+    rules (same email, same phone within 30 days)."""
+    from structures.models import DuplicateRule, Field, Membership
+
+    with transaction.atomic():
+        workspace.full_clean()
+        workspace.save()
+        if owner is not None:
+            Membership.objects.create(workspace=workspace, user=owner, role="owner")
+        RefusalPolicy.objects.get_or_create(workspace=workspace)
+        for name, field_name in (
+            ("Same email, 30 days", "g_email"),
+            ("Same phone, 30 days", "g_phone"),
+        ):
+            field = Field.objects.filter(workspace__isnull=True, name=field_name).first()
+            if field is not None:
+                rule = DuplicateRule.objects.create(
+                    workspace=workspace, name=name, window_hours=720
+                )
+                rule.fields.set([field])
+    return workspace

@@ -1,0 +1,47 @@
+"""Shared test wiring: the database vendor marker CI checks, eager Celery, factories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.factories.structures import (  # noqa: F401  (fixtures re-exported)
+    LeadSetup,
+    lead_setup,
+    make_lead_setup,
+)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from django.conf import settings
+    from django.db import connection
+
+    marker = Path(settings.VAR_DIR) / "db-vendor"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(connection.vendor)
+    if os.environ.get("REQUIRE_POSTGRES") and connection.vendor != "postgresql":
+        pytest.exit("REQUIRE_POSTGRES is set but the suite would run on " + connection.vendor, 2)
+
+
+@pytest.fixture(autouse=True)
+def celery_eager() -> Iterator[None]:
+    """Tasks run in the calling thread (patched on the Celery app's conf, not through
+    Django settings, which only works depending on test order)."""
+    from config.celery import app
+
+    old = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = old
+
+
+@pytest.fixture(autouse=True)
+def clear_cache() -> Iterator[None]:
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
