@@ -22,6 +22,8 @@ dev-deps: venv
 	@$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt
 
 ## run: web + worker + beat on SQLite and the file-system broker, with demo data
+# The demo may call local fake buyers on loopback; production leaves this empty.
+run: export OUTBOUND_ALLOWED_NETWORKS ?= 127.0.0.0/8,::1/128
 run: deps
 	@mkdir -p var
 	@$(BIN)/python manage.py migrate --no-input -v0

@@ -60,7 +60,7 @@ MIDDLEWARE = [
     "django_structlog.middlewares.RequestMiddleware",
 ]
 
-ROOT_URLCONF = "config.urls"
+ROOT_URLCONF = env.str("ROOT_URLCONF", default="config.urls")
 WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
@@ -202,6 +202,10 @@ CELERY_BEAT_SCHEDULE = {
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # Default per-key rate limit (requests per minute) for new partner API keys.
 DEFAULT_API_KEY_RATE_LIMIT = env.int("DEFAULT_API_KEY_RATE_LIMIT", default=1200)
+
+# Networks outbound requests may reach although private (SSRF guard allowlist). Empty in
+# production; the demo, tests and benchmarks allow loopback.
+OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
 
 # --- logging ------------------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="console")  # console | json
