@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from structures import services
 from structures.choices import StructureKind
@@ -156,7 +158,7 @@ class Command(BaseCommand):
 
     def _sample_leads(self, api_key: PartnerAPIKey) -> None:
         rng = random.Random(7)
-        for i in range(24):
+        for i in range(60):
             first, last = rng.choice(FIRST), rng.choice(LAST)
             payload = {
                 "g_first_name": first,
@@ -168,4 +170,7 @@ class Command(BaseCommand):
                 "g_loan_purpose": rng.choice(["debt_consolidation", "auto", "personal"]),
                 "sub1": rng.choice(["fb", "google", "native"]),
             }
-            services.lead_intake(api_key=api_key, payload=payload, ip="203.0.113.7")
+            result = services.lead_intake(api_key=api_key, payload=payload, ip="203.0.113.7")
+            # Spread the samples over two weeks so the dashboard has a history to show.
+            received = timezone.now() - timedelta(days=rng.randint(0, 13), minutes=i * 7)
+            Lead.objects.filter(pk=result.lead.pk).update(created_at=received, decided_at=received)
