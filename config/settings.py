@@ -207,6 +207,11 @@ DEFAULT_API_KEY_RATE_LIMIT = env.int("DEFAULT_API_KEY_RATE_LIMIT", default=1200)
 # production; the demo, tests and benchmarks allow loopback.
 OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
 
+# Fernet keys for integration secrets at rest, comma separated, newest first. Generate one
+# with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
+# Empty in the embedded demo: a key file is created in the var folder.
+INTEGRATION_SECRET_KEYS = env.list("INTEGRATION_SECRET_KEYS", default=[])
+
 # --- logging ------------------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="console")  # console | json
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -17,3 +17,5 @@ fi
 export LEADRELAY_VAR_DIR=${LEADRELAY_VAR_DIR:-$here/var/test}
 export OUTBOUND_ALLOWED_NETWORKS=${OUTBOUND_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}
 export DJANGO_ALLOW_ASYNC_UNSAFE=true
+# A fixed key for tests and benchmarks only (production sets its own).
+export INTEGRATION_SECRET_KEYS=${INTEGRATION_SECRET_KEYS:-Rd_Bu4hd31S2NzmXZj3EK_LqbWhRGLT6JaYN7AXTL_U=}

@@ -1,0 +1,128 @@
+"""Template contexts: what ``{{NAME}}`` can resolve to when a request is built.
+
+Layers, later ones winning: sample values (previews only), the lead's fields, system
+values (PCID, LEAD_ID, TIMESTAMP, PARTNER_ID, ...), event data, extra values given by
+the caller (OFFER_ID, ...), and variables captured by earlier steps. Names are looked up
+without regard to case by the template language.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from django.utils import timezone
+
+from structures.models import Field, Lead
+
+# A plausible value per field type, for previews and "run with sample values".
+SAMPLE_BY_TYPE: dict[str, str] = {
+    "text": "Sample",
+    "number": "42",
+    "money": "2500.00",
+    "email": "jane.doe@example.com",
+    "phone": "+12024561111",
+    "date": "1990-07-04",
+    "checkbox": "true",
+    "select": "",
+    "zip": "20500",
+    "state": "DC",
+    "country": "US",
+    "ip": "203.0.113.7",
+    "url": "https://example.com/landing",
+}
+SAMPLE_BY_NAME: dict[str, str] = {
+    "g_first_name": "Jane",
+    "g_last_name": "Doe",
+    "g_city": "Washington",
+    "g_address": "1600 Pennsylvania Ave NW",
+    "g_user_agent": "Mozilla/5.0",
+}
+
+SYSTEM_NAMES = (
+    "PCID", "LEAD_ID", "LEAD_STATUS", "PARTNER_ID", "PARTNER_NAME", "STRUCTURE",
+    "WORKSPACE", "EXTERNAL_ID", "SUB1", "SUB2", "SUB3", "SUB4", "SUB5", "IP", "CREATED_AT",
+    "TIMESTAMP", "TIMESTAMP_MS", "DATE", "DATETIME", "IS_TEST", "TRL_TEST", "OFFER_ID",
+    "ADVERTISER_ID", "CLICK_ID",
+)  # fmt: skip
+
+
+def system_values(lead: Lead | None) -> dict[str, Any]:
+    now = timezone.now()
+    values: dict[str, Any] = {
+        "TIMESTAMP": str(int(time.time())),
+        "TIMESTAMP_MS": str(int(time.time() * 1000)),
+        "DATE": now.date().isoformat(),
+        "DATETIME": now.isoformat(timespec="seconds"),
+    }
+    if lead is not None:
+        values.update(
+            PCID=lead.pcid,
+            LEAD_ID=lead.pcid,
+            LEAD_STATUS=lead.status,
+            PARTNER_ID=str(lead.partner_id or ""),
+            PARTNER_NAME=str(lead.partner) if lead.partner_id else "",
+            STRUCTURE=lead.structure.slug if lead.structure_id else "",
+            WORKSPACE=lead.workspace.slug if lead.workspace_id else "",
+            EXTERNAL_ID=lead.external_id,
+            SUB1=lead.sub1, SUB2=lead.sub2, SUB3=lead.sub3, SUB4=lead.sub4, SUB5=lead.sub5,
+            IP=lead.ip or "",
+            CREATED_AT=lead.created_at.isoformat(timespec="seconds") if lead.created_at else "",
+            IS_TEST="true" if lead.is_test else "false",
+            TRL_TEST="1" if lead.is_test else "0",
+        )  # fmt: skip
+    return values
+
+
+def lead_context(
+    lead: Lead | None,
+    *,
+    event: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    variables: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The context a real send uses."""
+    context: dict[str, Any] = {}
+    if lead is not None:
+        context.update(lead.data)
+    context.update(system_values(lead))
+    for layer in (event, extra, variables):
+        if layer:
+            context.update(layer)
+    return context
+
+
+def sample_context(
+    *, workspace_id: int | None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Sample values for every field the workspace can use, plus system values."""
+    context: dict[str, Any] = {}
+    fields = Field.objects.filter(workspace__isnull=True) | Field.objects.filter(
+        workspace_id=workspace_id
+    )
+    for field in fields.only("name", "type", "choices"):
+        sample = SAMPLE_BY_NAME.get(field.name) or SAMPLE_BY_TYPE.get(field.type, "")
+        if field.type == "select" and field.choices:
+            sample = field.choices[0]
+        context[field.name] = sample
+    context.update(system_values(None))
+    context.update(
+        PCID="0f1e2d3c4b5a69788796a5b4c3d2e1f0", LEAD_ID="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        PARTNER_ID="1", SUB1="sub1", EXTERNAL_ID="ext-1", IP="203.0.113.7", IS_TEST="true",
+        TRL_TEST="1", OFFER_ID="1",
+    )  # fmt: skip
+    if overrides:
+        context.update(overrides)
+    return context
+
+
+def known_names(*, workspace_id: int | None) -> set[str]:
+    """Every name a template may use in this workspace (for save-time checks)."""
+    names = set(
+        (
+            Field.objects.filter(workspace__isnull=True)
+            | Field.objects.filter(workspace_id=workspace_id)
+        ).values_list("name", flat=True)
+    )
+    return {n.lower() for n in names | set(SYSTEM_NAMES)}
