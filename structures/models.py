@@ -504,7 +504,8 @@ class Lead(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.pcid
+        # "Lead <id>": the admin capitalises titles, and a pcid must stay copyable as is.
+        return f"Lead {self.pcid}"
 
     @property
     def status_url(self) -> str:

@@ -33,6 +33,7 @@ class LeadEventInline(ReadOnlyInlineMixin, ScopedTabularInline):
     model = LeadEvent
     fields = ["created_at", "kind", "message", "actor"]
     readonly_fields = fields
+    hide_title = True
     verbose_name = "history entry"
     verbose_name_plural = "history"
     ordering = ["created_at", "id"]
@@ -124,8 +125,16 @@ class LeadAdmin(ScopedAdmin):
             )
             if f.workspace_id in (None, obj.workspace_id)
         }
+        order = {
+            name: i
+            for i, name in enumerate(
+                obj.structure.structure_fields.order_by("position", "id").values_list(
+                    "field__name", flat=True
+                )
+            )
+        }
         rows = []
-        for name, value in obj.data.items():
+        for name, value in sorted(obj.data.items(), key=lambda kv: order.get(kv[0], 10**6)):
             field = fields.get(name)
             shown = get_type(field.type).mask(value) if field and field.is_sensitive else value
             rows.append((field.label if field else name, name, shown))

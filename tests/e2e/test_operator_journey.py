@@ -137,16 +137,7 @@ def test_viewer_cannot_add_or_edit_partners(
     assert response is not None and response.status == 403
 
 
-# A known bug, found by this suite. strict: once fixed it xpasses and fails the run, so the
-# marker gets removed and the test guards the fix.
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the bug's symptom; a broken browser setup still fails
-    reason="known bug: unfold's login form has no `next` field and LOGIN_REDIRECT_URL is "
-    "unset, so logging in at a bare /admin/login/ lands on /accounts/profile/ (404)",
-)
+# Logging in at a bare /admin/login/ (no ?next=) lands on the dashboard.
 def test_login_at_bare_login_url_lands_in_the_admin(e2e_page: Any, live_server: Any) -> None:
     setup = make_lead_setup("Bare")
     e2e_page.goto(live_server.url + "/admin/login/")
