@@ -7,6 +7,7 @@ import time.
 import os
 
 from celery import Celery
+from django_structlog.celery.steps import DjangoStructLogInitStep
 from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -16,5 +17,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 TRANSPORT_ALIASES["leadrelay-fs"] = "config.broker:Transport"
 
 app = Celery("leadrelay")
+# Binds task id / name to every log line of a task and clears what a previous task on the
+# same thread bound (so a lead_id never leaks into the next task's lines).
+app.steps["worker"].add(DjangoStructLogInitStep)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

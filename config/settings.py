@@ -80,9 +80,9 @@ TEMPLATES = [
 
 # --- database ---------------------------------------------------------------------------
 VAR_DIR.mkdir(parents=True, exist_ok=True)
-DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'leadrelay.sqlite3'}")
-}
+SQLITE_URL = f"sqlite:///{VAR_DIR / 'leadrelay.sqlite3'}"
+# An empty variable (as in a copied .env.example) means "use the default".
+DATABASES = {"default": env.db_url_config(env.str("DATABASE_URL", default="") or SQLITE_URL)}
 # Persistent connections: a new PostgreSQL connection per request costs ~5x throughput.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -98,7 +98,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache (rate limits, fast counters) ---------------------------------------------------
 # Shared between processes: Redis in production; a file cache in the embedded default.
-CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
+CACHES = {
+    "default": env.cache_url_config(
+        env.str("CACHE_URL", default="") or f"filecache://{VAR_DIR / 'cache'}"
+    )
+}
 
 # --- auth / i18n --------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -158,8 +162,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -------------------------------------------------------------------------------
 # Default broker needs no server: a crash-safe file-system transport (config/broker.py).
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="leadrelay-fs://")
-CELERY_BROKER_FOLDER = Path(env.str("CELERY_BROKER_FOLDER", default=str(VAR_DIR / "broker")))
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "leadrelay-fs://"
+CELERY_BROKER_FOLDER = Path(env.str("CELERY_BROKER_FOLDER", default="") or VAR_DIR / "broker")
 if CELERY_BROKER_URL.startswith("leadrelay-fs"):
     CELERY_BROKER_FOLDER.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -400,7 +400,11 @@ def lead_process(*, lead_id: int) -> None:
     if lead is None or lead.status != LeadStatus.PENDING:
         log.info("lead.process.skipped", lead_pk=lead_id)
         return
-    structlog.contextvars.bind_contextvars(lead_id=lead.pcid)
+    with structlog.contextvars.bound_contextvars(lead_id=lead.pcid):
+        _lead_gates_run(lead)
+
+
+def _lead_gates_run(lead: Lead) -> None:
     policy = refusal_policy_for(workspace_id=lead.workspace_id)
     stages = STAGES_FOR[MustPass(policy.must_pass if policy else MustPass.EVERYTHING)]
     for stage in stages:
