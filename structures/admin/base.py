@@ -9,6 +9,8 @@ all registered admins to prove it.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
@@ -146,6 +148,26 @@ class ScopedAdmin(ScopedFormfieldsMixin, ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
         return self.has_change_permission(request, obj)
+
+    def get_action(self, action: Any) -> tuple[Callable, str, str] | None:
+        """An action that may change rows gets only the selected rows of the workspaces
+        the operator edits. Its permission check (``has_change_permission(request)``, no
+        object) passes as soon as they edit *some* workspace, while the changelist also
+        lists the workspaces they only view: without this a viewer of A who owns B could
+        approve A's leads or revoke A's keys. Actions whose only permission is "view"
+        keep every row the operator sees. (``delete_selected`` checks each object.)"""
+        found = super().get_action(action)
+        if found is None:
+            return None
+        func, name, description = found
+        if tuple(getattr(func, "allowed_permissions", ())) == ("view",):
+            return found
+
+        @functools.wraps(func)
+        def scoped(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> Any:
+            return func(modeladmin, request, scope_queryset(queryset, request, editable=True))
+
+        return scoped, name, description
 
 
 class _ScopedInlineMixin(ScopedFormfieldsMixin):

@@ -53,6 +53,7 @@ class PartnerAdmin(ScopedAdmin):
     ]
     list_filter = ["status", scoped_related_filter("workspace")]
     search_fields = ["name", "company", "contact_email"]
+    ordering = ["name", "id"]  # the Count annotations drop Meta.ordering (GROUP BY)
     inlines = [PartnerAPIKeyInline]
     fieldsets = [
         (None, {"fields": ["workspace", "name", "status", "default_structure", "country"]}),

@@ -87,6 +87,7 @@ class RefusalPolicyInline(ScopedStackedInline):
 @admin.register(Workspace)
 class WorkspaceAdmin(ScopedAdmin):
     list_display = ["name", "slug", "timezone", "currency", "default_country", "operator_count"]
+    ordering = ["name", "id"]  # the Count annotation drops Meta.ordering (GROUP BY)
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, RefusalPolicyInline]
@@ -159,6 +160,7 @@ class StructureFieldInline(ScopedTabularInline):
 @admin.register(Structure)
 class StructureAdmin(ScopedAdmin):
     list_display = ["name", "slug", "kind", "workspace", "country", "is_active", "field_count"]
+    ordering = ["name", "id"]  # the Count annotation drops Meta.ordering (GROUP BY)
     list_filter = ["kind", "is_active", scoped_related_filter("workspace")]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
