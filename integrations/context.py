@@ -44,7 +44,7 @@ SYSTEM_NAMES = (
     "PCID", "LEAD_ID", "LEAD_STATUS", "PARTNER_ID", "PARTNER_NAME", "STRUCTURE",
     "WORKSPACE", "EXTERNAL_ID", "SUB1", "SUB2", "SUB3", "SUB4", "SUB5", "IP", "CREATED_AT",
     "TIMESTAMP", "TIMESTAMP_MS", "DATE", "DATETIME", "IS_TEST", "TRL_TEST", "OFFER_ID",
-    "ADVERTISER_ID", "CLICK_ID",
+    "ADVERTISER_ID", "CLICK_ID", "SECRET",
 )  # fmt: skip
 
 
@@ -109,8 +109,11 @@ def sample_context(
     context.update(system_values(None))
     context.update(
         PCID="0f1e2d3c4b5a69788796a5b4c3d2e1f0", LEAD_ID="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-        PARTNER_ID="1", SUB1="sub1", EXTERNAL_ID="ext-1", IP="203.0.113.7", IS_TEST="true",
-        TRL_TEST="1", OFFER_ID="1",
+        LEAD_STATUS="approved", PARTNER_ID="1", PARTNER_NAME="Sample Publisher",
+        STRUCTURE="sample-form", WORKSPACE="sample", EXTERNAL_ID="ext-1",
+        SUB1="sub1", SUB2="sub2", SUB3="sub3", SUB4="sub4", SUB5="sub5", IP="203.0.113.7",
+        CREATED_AT=context["DATETIME"], IS_TEST="true", TRL_TEST="1", OFFER_ID="1",
+        ADVERTISER_ID="1", CLICK_ID="sample-click-id",
     )  # fmt: skip
     if overrides:
         context.update(overrides)

@@ -33,6 +33,7 @@ class Integration(models.Model):
         "leads or events carrying trl_test=1. Enabled sends.",
     )
     description = models.TextField("description", blank=True)
+    docs_url = models.URLField("documentation", blank=True, help_text="The vendor's API docs.")
     library_slug = models.SlugField(
         "library origin",
         max_length=80,

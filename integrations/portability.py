@@ -46,6 +46,9 @@ STEP_FIELDS = ["name", "meaning", "method", "url", "body_format", "xml_root", "t
 RULE_FIELDS = ["source", "key_kind", "key", "operator", "value", "value2", "and_next",
                "outcome", "reason"]  # fmt: skip
 CAPTURE_FIELDS = ["source", "key_kind", "key", "target", "target_name"]
+TOP_KEYS = {"format", "slug", "name", "category", "country", "description", "docs_url",
+            "requests"}  # fmt: skip
+STEP_KEYS = set(STEP_FIELDS) | {"headers", "query", "body", "rules", "captures", "needs_secret"}
 
 
 def integration_export(integration: Integration) -> dict[str, Any]:
@@ -61,7 +64,7 @@ def integration_export(integration: Integration) -> dict[str, Any]:
         data["rules"] = [{f: getattr(r, f) for f in RULE_FIELDS} for r in step.rules.all()]
         data["captures"] = [{f: getattr(c, f) for f in CAPTURE_FIELDS}
                             for c in step.captures.all()]  # fmt: skip
-        data["needs_secret"] = step.auth_type != "none"
+        data["needs_secret"] = step.auth_type != "none" or _uses_secret(data)
         steps.append(data)
     return {
         "format": FORMAT,
@@ -70,6 +73,7 @@ def integration_export(integration: Integration) -> dict[str, Any]:
         "category": integration.category,
         "country": str(integration.country or ""),
         "description": integration.description,
+        "docs_url": integration.docs_url,
         "requests": steps,
     }
 
@@ -78,13 +82,33 @@ def integration_export_json(integration: Integration) -> str:
     return json.dumps(integration_export(integration), indent=2, ensure_ascii=False) + "\n"
 
 
+def _uses_secret(step: dict[str, Any]) -> bool:
+    values = [step.get("url", "")] + [v for key in ("headers", "query", "body")
+                                       for _, v in step.get(key, [])]  # fmt: skip
+    return any("secret" in v.lower() and "{{" in v for v in values)
+
+
 def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
-    if not isinstance(value, list) or not all(
-        isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
-        for p in value
-    ):
+    if not isinstance(value, list):
         raise ValidationError(f"{where}: expected a list of [name, value] pairs.")
+    for i, pair in enumerate(value):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2
+                and all(isinstance(x, str) for x in pair)):  # fmt: skip
+            raise ValidationError(f"{where}[{i}]: expected [name, value] as two texts.")
     return [(p[0], p[1]) for p in value]
+
+
+def _refuse_unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValidationError(f"{where}: unknown key {unknown[0]!r}.")
+
+
+def _text(data: dict[str, Any], key: str, where: str, default: str = "") -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValidationError(f"{where}.{key}: expected a text.")
+    return value
 
 
 def integration_import(
@@ -94,17 +118,22 @@ def integration_import(
     names its place (``requests[0].rules[2]: ...``) and nothing is written."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValidationError(f"Not a Leadrelay integration (expected format {FORMAT}).")
+    _refuse_unknown(data, TOP_KEYS, "integration")
     steps = data.get("requests")
     if not isinstance(steps, list) or not steps:
         raise ValidationError("requests: at least one request is needed.")
+    name = (name or _text(data, "name", "integration")).strip()
+    if Integration.objects.filter(workspace_id=workspace_id, name=name).exists():
+        raise ValidationError(f"integration.name: this workspace already has “{name}”.")
     with transaction.atomic():
         integration = Integration(
             workspace_id=workspace_id,
-            name=(name or data.get("name") or "").strip()[:120],
-            category=data.get("category", "custom"),
-            country=data.get("country", ""),
-            description=data.get("description", ""),
-            library_slug=data.get("slug", "")[:80],
+            name=name,
+            category=_text(data, "category", "integration", "custom"),
+            country=_text(data, "country", "integration"),
+            description=_text(data, "description", "integration"),
+            docs_url=_text(data, "docs_url", "integration"),
+            library_slug=_text(data, "slug", "integration"),
             status=status,
         )
         _clean(integration, "integration")
@@ -113,6 +142,7 @@ def integration_import(
             where = f"requests[{i}]"
             if not isinstance(raw, dict):
                 raise ValidationError(f"{where}: expected an object.")
+            _refuse_unknown(raw, STEP_KEYS, where)
             step = RequestStep(
                 workspace_id=workspace_id, integration=integration, position=i,
                 **{f: raw[f] for f in STEP_FIELDS if f in raw},
@@ -133,6 +163,7 @@ def integration_import(
                 for j, item in enumerate(rows):
                     if not isinstance(item, dict):
                         raise ValidationError(f"{where}.{key}[{j}]: expected an object.")
+                    _refuse_unknown(item, set(fields), f"{where}.{key}[{j}]")
                     row = model(request=step, position=j,
                                 **{f: item[f] for f in fields if f in item})  # fmt: skip
                     _clean(row, f"{where}.{key}[{j}]")

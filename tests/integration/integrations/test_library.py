@@ -80,8 +80,8 @@ def templates(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def importable(data: dict[str, Any]) -> dict[str, Any]:
-    """The entry as integration_export writes it: the library's docs link is not exported."""
-    return {k: v for k, v in data.items() if k != "docs_url"}
+    """The entry as integration_export writes it (the docs link travels along)."""
+    return dict(data)
 
 
 def written_rows() -> dict[str, int]:
@@ -323,3 +323,36 @@ def test_invalid_file_is_refused_naming_the_place_and_nothing_is_written(mutate,
     assert place in message, message
     assert written_rows() == before
     assert not Integration.objects.filter(workspace=workspace).exists()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda d: d["requests"][0].__setitem__("rulez", []), "requests[0]: unknown key 'rulez'"),
+        (lambda d: d.__setitem__("colour", "red"), "integration: unknown key 'colour'"),
+        (lambda d: d.__setitem__("slug", 5), "integration.slug: expected a text"),
+        (lambda d: d.__setitem__("name", 5), "integration.name: expected a text"),
+        (
+            lambda d: d["requests"][0].__setitem__("headers", [["A", "b"], ["only-one"]]),
+            "requests[0].headers[1]",
+        ),
+    ],
+)
+@pytest.mark.django_db
+def test_malformed_imports_name_the_place_and_write_nothing(mutate, where):
+    data = json.loads(json.dumps(portability.library_entry("generic-json-buyer")))
+    mutate(data)
+    before = written_rows()
+    with pytest.raises(ValidationError) as info:
+        portability.integration_import(workspace_id=WorkspaceFactory().pk, data=data)
+    assert where in " ".join(info.value.messages)
+    assert written_rows() == before
+
+
+@pytest.mark.django_db
+def test_importing_a_name_twice_is_refused_not_a_crash():
+    workspace = WorkspaceFactory()
+    data = portability.library_entry("slack-webhook")
+    portability.integration_import(workspace_id=workspace.pk, data=data)
+    with pytest.raises(ValidationError, match="already has"):
+        portability.integration_import(workspace_id=workspace.pk, data=data)
