@@ -62,6 +62,10 @@ class Workspace(models.Model):
         help_text="Phone numbers without a country code are read as this country's; "
         "zip and state checks follow it.",
     )
+    # Bumped by every change to the intake configuration (fields, structures, duplicate
+    # rules, refusal policy): processes cache that configuration under this version, and
+    # the API key lookup reads it for free, so no process ever serves a stale one.
+    config_version = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
@@ -69,6 +73,12 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def config_key(self) -> str:
+        """Cache key of the intake configuration: the version, and the creation time so a
+        re-used id (SQLite) never meets a deleted workspace's cache."""
+        return f"{self.created_at.timestamp() if self.created_at else 0}:{self.config_version}"
 
 
 class Membership(models.Model):

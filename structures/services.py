@@ -11,13 +11,14 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from structures import hooks
+from structures import hooks, intake_config
 from structures.choices import LeadSource, LeadStatus, MustPass, PartnerScope, PartnerStatus
 from structures.exceptions import IdempotencyConflict, LeadInvalid, PartnerInactive
 from structures.fieldtypes import FieldValueError, TypeContext, get_type
+from structures.intake_config import PolicySnapshot
 from structures.models import (
     DuplicateKey,
     IdempotencyRecord,
@@ -29,12 +30,7 @@ from structures.models import (
     Structure,
     Workspace,
 )
-from structures.selectors import (
-    FieldSpec,
-    active_duplicate_rules,
-    refusal_policy_for,
-    structure_field_specs,
-)
+from structures.selectors import FieldSpec, refusal_policy_for
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +121,7 @@ def _request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _policy_applies(policy: RefusalPolicy | None, *, source: str, partner: Partner) -> bool:
+def _policy_applies(policy: PolicySnapshot | None, *, source: str, partner: Partner) -> bool:
     if policy is None or not policy.is_enabled:
         return False
     if source == LeadSource.API and not policy.applies_to_api:
@@ -134,7 +130,7 @@ def _policy_applies(policy: RefusalPolicy | None, *, source: str, partner: Partn
         return False
     if policy.partner_scope == PartnerScope.ALL:
         return True
-    listed = any(p.id == partner.id for p in policy.partners.all())
+    listed = partner.id in policy.partner_ids
     return listed if policy.partner_scope == PartnerScope.INCLUDE else not listed
 
 
@@ -144,16 +140,15 @@ class _Duplicate(Exception):
         self.rule_name = rule_name
 
 
-def _duplicate_keys(*, lead: Lead) -> list[tuple[str, str, timedelta]]:
+def _duplicate_keys(*, lead: Lead, version: str) -> list[tuple[str, str, timedelta]]:
     """(key hash, rule name, window) for every active rule whose fields the lead has."""
     keys = []
-    for rule in active_duplicate_rules(workspace_id=lead.workspace_id):
-        names = sorted(f.name for f in rule.fields.all())
-        values = [lead.data.get(name, "") for name in names]
-        if not names or any(v == "" for v in values):
+    for rule in intake_config.duplicate_rules(lead.workspace_id, version):
+        values = [lead.data.get(name, "") for name in rule.field_names]
+        if not rule.field_names or any(v == "" for v in values):
             continue
         scope = f"p{lead.partner_id}" if rule.scope == "partner" else "ws"
-        material = "\x1f".join([str(rule.id), scope, *names, *values])
+        material = "\x1f".join([str(rule.id), scope, *rule.field_names, *values])
         keys.append(
             (
                 hashlib.sha256(material.encode()).hexdigest(),
@@ -164,33 +159,53 @@ def _duplicate_keys(*, lead: Lead) -> list[tuple[str, str, timedelta]]:
     return keys
 
 
-def _claim_duplicate_keys(*, lead: Lead) -> None:
-    """Claim every duplicate key of the lead or raise _Duplicate (caller's savepoint rolls
-    the partial claims back). The unique constraint decides races: concurrent inserts of
-    one key wait for the first transaction and then fail."""
+def _claim_duplicate_keys(*, lead: Lead, version: str) -> None:
+    """Claim every duplicate key of the lead or raise _Duplicate, leaving no claim behind.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING`` claims the free keys. The unique constraint
+    decides races: a concurrent insert of the same key waits for the first transaction and
+    then does nothing, so of 50 identical concurrent posts exactly one claims the key.
+    Keys that were taken are looked at only on that (rare) path.
+    """
+    keys = _duplicate_keys(lead=lead, version=version)
+    if not keys:
+        return
     now = timezone.now()
-    for key, rule_name, window in _duplicate_keys(lead=lead):
-        try:
-            with transaction.atomic():
-                DuplicateKey.objects.create(
-                    workspace_id=lead.workspace_id, key=key, lead=lead, expires_at=now + window
-                )
-            continue
-        except IntegrityError:
-            pass
-        # Someone holds the key. If their window is over, take it over with a conditional
-        # UPDATE; 0 rows means another request renewed it first.
-        taken = DuplicateKey.objects.filter(
-            workspace_id=lead.workspace_id, key=key, expires_at__lte=now
-        ).update(lead=lead, expires_at=now + window)
-        if taken:
-            continue
-        holder = (
-            DuplicateKey.objects.filter(workspace_id=lead.workspace_id, key=key)
-            .values_list("lead_id", flat=True)
-            .first()
+    table = connection.ops.quote_name(DuplicateKey._meta.db_table)
+    rows = ", ".join(["(%s, %s, %s, %s)"] * len(keys))
+    params: list[Any] = []
+    for key, _, window in keys:
+        params += [lead.workspace_id, key, lead.pk, now + window]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (workspace_id, {connection.ops.quote_name('key')}, "  # noqa: S608
+            f"lead_id, expires_at) VALUES {rows} "
+            f"ON CONFLICT (workspace_id, {connection.ops.quote_name('key')}) DO NOTHING "
+            f"RETURNING {connection.ops.quote_name('key')}",
+            params,
         )
-        raise _Duplicate(holder_id=holder or 0, rule_name=rule_name)
+        claimed = {row[0] for row in cursor.fetchall()}
+    taken = [(key, name, window) for key, name, window in keys if key not in claimed]
+    if not taken:
+        return
+    try:
+        with transaction.atomic():
+            for key, rule_name, window in taken:
+                # If the holder's window is over, take the key over with a conditional
+                # UPDATE; 0 rows means it is still held (or another request renewed it).
+                if DuplicateKey.objects.filter(
+                    workspace_id=lead.workspace_id, key=key, expires_at__lte=now
+                ).update(lead=lead, expires_at=now + window):
+                    continue
+                holder = (
+                    DuplicateKey.objects.filter(workspace_id=lead.workspace_id, key=key)
+                    .values_list("lead_id", flat=True)
+                    .first()
+                )
+                raise _Duplicate(holder_id=holder or 0, rule_name=rule_name)
+    except _Duplicate:
+        DuplicateKey.objects.filter(workspace_id=lead.workspace_id, key__in=claimed).delete()
+        raise
 
 
 def lead_body(lead: Lead) -> dict[str, Any]:
@@ -231,14 +246,14 @@ def lead_intake(
             return replay
 
     structure = _structure_for(partner=partner, payload=payload)
-    specs = structure_field_specs(structure=structure)
+    specs = list(intake_config.structure_specs(structure.pk, workspace.config_key))
     values, extras, errors = lead_values_validate(
         specs=specs, payload=payload, default_region=str(workspace.default_country) or "US"
     )
     if errors:
         raise LeadInvalid("Some fields are not valid.", errors=errors)
 
-    policy = refusal_policy_for(workspace_id=workspace.id)
+    policy = intake_config.refusal_policy(workspace.pk, workspace.config_key)
     pending = _policy_applies(policy, source=source, partner=partner)
     try:
         with transaction.atomic():
@@ -348,8 +363,7 @@ def _lead_save(
     ]
     if not lead.is_test:
         try:
-            with transaction.atomic():
-                _claim_duplicate_keys(lead=lead)
+            _claim_duplicate_keys(lead=lead, version=workspace.config_key)
         except _Duplicate as dup:
             lead.status = LeadStatus.DUPLICATE
             lead.reason = f"Duplicate of an earlier lead (rule: {dup.rule_name})."

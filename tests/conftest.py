@@ -43,5 +43,8 @@ def celery_eager() -> Iterator[None]:
 def clear_cache() -> Iterator[None]:
     from django.core.cache import cache
 
+    from structures import intake_config
+
     cache.clear()
+    intake_config.cache_clear()
     yield

@@ -28,7 +28,7 @@ class PartnerAPIKeyAuthentication(authentication.BaseAuthentication):
         prefix, _, _ = key.partition(".")
         api_key = (
             PartnerAPIKey.objects.get_usable_keys()
-            .select_related("partner__workspace")
+            .select_related("partner__workspace", "partner__default_structure")
             .filter(prefix=prefix)
             .first()
         )
