@@ -6,180 +6,691 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('structures', '0002_global_fields'),
+        ("structures", "0002_global_fields"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Integration',
+            name="Integration",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120, verbose_name='name')),
-                ('category', models.CharField(choices=[('buyer', 'Lead buyer'), ('crm', 'CRM'), ('dialer', 'Dialer'), ('enrichment', 'Enrichment'), ('compliance', 'Compliance'), ('click_network', 'Click network / tracker'), ('ads', 'Ad platform conversions'), ('messaging', 'Messaging'), ('custom', 'Custom')], default='custom', max_length=20, verbose_name='category')),
-                ('country', django_countries.fields.CountryField(blank=True, help_text='Leave empty for global.', max_length=2, verbose_name='country')),
-                ('status', models.CharField(choices=[('enabled', 'Enabled: sends'), ('test', 'Test: renders and logs, sends only leads marked trl_test=1'), ('disabled', 'Disabled: never sends')], default='test', help_text='Disabled never sends. Test renders and logs without sending, except for leads or events carrying trl_test=1. Enabled sends.', max_length=10, verbose_name='status')),
-                ('description', models.TextField(blank=True, verbose_name='description')),
-                ('library_slug', models.SlugField(blank=True, help_text='The library integration this was installed from, if any.', max_length=80, verbose_name='library origin')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='integrations', to='structures.workspace', verbose_name='workspace')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=120, verbose_name="name")),
+                (
+                    "category",
+                    models.CharField(
+                        choices=[
+                            ("buyer", "Lead buyer"),
+                            ("crm", "CRM"),
+                            ("dialer", "Dialer"),
+                            ("enrichment", "Enrichment"),
+                            ("compliance", "Compliance"),
+                            ("click_network", "Click network / tracker"),
+                            ("ads", "Ad platform conversions"),
+                            ("messaging", "Messaging"),
+                            ("custom", "Custom"),
+                        ],
+                        default="custom",
+                        max_length=20,
+                        verbose_name="category",
+                    ),
+                ),
+                (
+                    "country",
+                    django_countries.fields.CountryField(
+                        blank=True,
+                        help_text="Leave empty for global.",
+                        max_length=2,
+                        verbose_name="country",
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("enabled", "Enabled: sends"),
+                            ("test", "Test: renders and logs, sends only leads marked trl_test=1"),
+                            ("disabled", "Disabled: never sends"),
+                        ],
+                        default="test",
+                        help_text="Disabled never sends. Test renders and logs without sending, except for leads or events carrying trl_test=1. Enabled sends.",
+                        max_length=10,
+                        verbose_name="status",
+                    ),
+                ),
+                ("description", models.TextField(blank=True, verbose_name="description")),
+                (
+                    "library_slug",
+                    models.SlugField(
+                        blank=True,
+                        help_text="The library integration this was installed from, if any.",
+                        max_length=80,
+                        verbose_name="library origin",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
+                (
+                    "workspace",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="integrations",
+                        to="structures.workspace",
+                        verbose_name="workspace",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='RequestStep',
+            name="RequestStep",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(default='Request', max_length=120, verbose_name='name')),
-                ('position', models.PositiveIntegerField(default=0, verbose_name='order')),
-                ('meaning', models.CharField(choices=[('ping', 'Ping'), ('post', 'Post'), ('post_verification', 'Post verification')], default='post', help_text='Its role in a ping tree: ping, post or post verification.', max_length=20, verbose_name='step meaning')),
-                ('method', models.CharField(choices=[('GET', 'GET'), ('POST', 'POST'), ('PUT', 'PUT'), ('PATCH', 'PATCH'), ('DELETE', 'DELETE')], default='POST', max_length=6, verbose_name='method')),
-                ('url', models.CharField(help_text='May hold {{templates}}, e.g. https://api.example.com/leads?src={{sub1}}.', max_length=2000, verbose_name='URL')),
-                ('body_format', models.CharField(choices=[('json', 'JSON'), ('form', 'Form (x-www-form-urlencoded)'), ('multipart', 'Multipart form-data'), ('xml', 'XML'), ('query', 'Query string only')], default='json', max_length=10, verbose_name='format')),
-                ('xml_root', models.CharField(default='request', help_text='XML format only.', max_length=60, verbose_name='XML root element')),
-                ('timeout_seconds', models.FloatField(default=40.0, help_text='The whole exchange must finish within it; the response is read as soon as it arrives.', verbose_name='timeout (seconds)')),
-                ('auth_type', models.CharField(choices=[('none', 'None'), ('basic', 'Basic (username + password)'), ('bearer', 'Bearer token'), ('header_key', 'API key in a header'), ('query_key', 'API key in the query')], default='none', max_length=12, verbose_name='authentication')),
-                ('auth_name', models.CharField(blank=True, help_text='Basic: the username. API key: the header or query parameter name.', max_length=120, verbose_name='username / key name')),
-                ('auth_secret_encrypted', models.TextField(blank=True, editable=False, help_text='Encrypted at rest; never shown again.', verbose_name='secret (encrypted)')),
-                ('default_outcome', models.CharField(choices=[('accepted', 'accepted'), ('rejected', 'rejected'), ('duplicate', 'duplicate'), ('pending', 'pending'), ('error', 'error'), ('timeout', 'timeout')], default='accepted', help_text='Used for 2xx answers no rule decided; other answers are errors.', max_length=10, verbose_name='outcome when no rule matches')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
-                ('integration', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='requests', to='integrations.integration', verbose_name='integration')),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='structures.workspace')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(default="Request", max_length=120, verbose_name="name")),
+                ("position", models.PositiveIntegerField(default=0, verbose_name="order")),
+                (
+                    "meaning",
+                    models.CharField(
+                        choices=[
+                            ("ping", "Ping"),
+                            ("post", "Post"),
+                            ("post_verification", "Post verification"),
+                        ],
+                        default="post",
+                        help_text="Its role in a ping tree: ping, post or post verification.",
+                        max_length=20,
+                        verbose_name="step meaning",
+                    ),
+                ),
+                (
+                    "method",
+                    models.CharField(
+                        choices=[
+                            ("GET", "GET"),
+                            ("POST", "POST"),
+                            ("PUT", "PUT"),
+                            ("PATCH", "PATCH"),
+                            ("DELETE", "DELETE"),
+                        ],
+                        default="POST",
+                        max_length=6,
+                        verbose_name="method",
+                    ),
+                ),
+                (
+                    "url",
+                    models.CharField(
+                        help_text="May hold {{templates}}, e.g. https://api.example.com/leads?src={{sub1}}.",
+                        max_length=2000,
+                        verbose_name="URL",
+                    ),
+                ),
+                (
+                    "body_format",
+                    models.CharField(
+                        choices=[
+                            ("json", "JSON"),
+                            ("form", "Form (x-www-form-urlencoded)"),
+                            ("multipart", "Multipart form-data"),
+                            ("xml", "XML"),
+                            ("query", "Query string only"),
+                        ],
+                        default="json",
+                        max_length=10,
+                        verbose_name="format",
+                    ),
+                ),
+                (
+                    "xml_root",
+                    models.CharField(
+                        default="request",
+                        help_text="XML format only.",
+                        max_length=60,
+                        verbose_name="XML root element",
+                    ),
+                ),
+                (
+                    "timeout_seconds",
+                    models.FloatField(
+                        default=40.0,
+                        help_text="The whole exchange must finish within it; the response is read as soon as it arrives.",
+                        verbose_name="timeout (seconds)",
+                    ),
+                ),
+                (
+                    "auth_type",
+                    models.CharField(
+                        choices=[
+                            ("none", "None"),
+                            ("basic", "Basic (username + password)"),
+                            ("bearer", "Bearer token"),
+                            ("header_key", "API key in a header"),
+                            ("query_key", "API key in the query"),
+                        ],
+                        default="none",
+                        max_length=12,
+                        verbose_name="authentication",
+                    ),
+                ),
+                (
+                    "auth_name",
+                    models.CharField(
+                        blank=True,
+                        help_text="Basic: the username. API key: the header or query parameter name.",
+                        max_length=120,
+                        verbose_name="username / key name",
+                    ),
+                ),
+                (
+                    "auth_secret_encrypted",
+                    models.TextField(
+                        blank=True,
+                        editable=False,
+                        help_text="Encrypted at rest; never shown again.",
+                        verbose_name="secret (encrypted)",
+                    ),
+                ),
+                (
+                    "default_outcome",
+                    models.CharField(
+                        choices=[
+                            ("accepted", "accepted"),
+                            ("rejected", "rejected"),
+                            ("duplicate", "duplicate"),
+                            ("pending", "pending"),
+                            ("error", "error"),
+                            ("timeout", "timeout"),
+                        ],
+                        default="accepted",
+                        help_text="Used for 2xx answers no rule decided; other answers are errors.",
+                        max_length=10,
+                        verbose_name="outcome when no rule matches",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
+                (
+                    "integration",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="requests",
+                        to="integrations.integration",
+                        verbose_name="integration",
+                    ),
+                ),
+                (
+                    "workspace",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="structures.workspace",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'request',
-                'verbose_name_plural': 'requests',
-                'ordering': ['integration', 'position', 'id'],
+                "verbose_name": "request",
+                "verbose_name_plural": "requests",
+                "ordering": ["integration", "position", "id"],
             },
         ),
         migrations.CreateModel(
-            name='RequestQueryParam',
+            name="RequestQueryParam",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField(default=0, verbose_name='order')),
-                ('name', models.CharField(max_length=200, verbose_name='name')),
-                ('value', models.TextField(blank=True, help_text='Text or a template, e.g. {{g_email | lower}}.', verbose_name='value')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='query_params', to='integrations.requeststep')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField(default=0, verbose_name="order")),
+                ("name", models.CharField(max_length=200, verbose_name="name")),
+                (
+                    "value",
+                    models.TextField(
+                        blank=True,
+                        help_text="Text or a template, e.g. {{g_email | lower}}.",
+                        verbose_name="value",
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="query_params",
+                        to="integrations.requeststep",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'query parameter',
-                'ordering': ['position', 'id'],
-                'abstract': False,
+                "verbose_name": "query parameter",
+                "ordering": ["position", "id"],
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='RequestLog',
+            name="RequestLog",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('origin', models.CharField(default='send', help_text='send, test endpoint, replay, dry run...', max_length=20, verbose_name='origin')),
-                ('was_sent', models.BooleanField(default=True, help_text='False when only rendered (test or disabled).', verbose_name='sent')),
-                ('method', models.CharField(max_length=6, verbose_name='method')),
-                ('url', models.TextField(verbose_name='URL')),
-                ('request_headers', models.JSONField(default=list, verbose_name='request headers')),
-                ('request_body', models.TextField(blank=True, verbose_name='request body')),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='HTTP code')),
-                ('response_headers', models.JSONField(default=list, verbose_name='response headers')),
-                ('response_body', models.TextField(blank=True, verbose_name='response body')),
-                ('duration_ms', models.PositiveIntegerField(blank=True, null=True, verbose_name='time (ms)')),
-                ('outcome', models.CharField(choices=[('accepted', 'accepted'), ('rejected', 'rejected'), ('duplicate', 'duplicate'), ('pending', 'pending'), ('error', 'error'), ('timeout', 'timeout')], max_length=10, verbose_name='outcome')),
-                ('reason', models.CharField(blank=True, max_length=500, verbose_name='reason')),
-                ('error', models.CharField(blank=True, max_length=300, verbose_name='error')),
-                ('captured', models.JSONField(blank=True, default=dict, verbose_name='captured')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True, verbose_name='at')),
-                ('integration', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='logs', to='integrations.integration', verbose_name='integration')),
-                ('lead', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='structures.lead', verbose_name='lead')),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='structures.workspace')),
-                ('request_step', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='logs', to='integrations.requeststep', verbose_name='request')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "origin",
+                    models.CharField(
+                        default="send",
+                        help_text="send, test endpoint, replay, dry run...",
+                        max_length=20,
+                        verbose_name="origin",
+                    ),
+                ),
+                (
+                    "was_sent",
+                    models.BooleanField(
+                        default=True,
+                        help_text="False when only rendered (test or disabled).",
+                        verbose_name="sent",
+                    ),
+                ),
+                ("method", models.CharField(max_length=6, verbose_name="method")),
+                ("url", models.TextField(verbose_name="URL")),
+                ("request_headers", models.JSONField(default=list, verbose_name="request headers")),
+                ("request_body", models.TextField(blank=True, verbose_name="request body")),
+                (
+                    "status_code",
+                    models.PositiveSmallIntegerField(
+                        blank=True, null=True, verbose_name="HTTP code"
+                    ),
+                ),
+                (
+                    "response_headers",
+                    models.JSONField(default=list, verbose_name="response headers"),
+                ),
+                ("response_body", models.TextField(blank=True, verbose_name="response body")),
+                (
+                    "duration_ms",
+                    models.PositiveIntegerField(blank=True, null=True, verbose_name="time (ms)"),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("accepted", "accepted"),
+                            ("rejected", "rejected"),
+                            ("duplicate", "duplicate"),
+                            ("pending", "pending"),
+                            ("error", "error"),
+                            ("timeout", "timeout"),
+                        ],
+                        max_length=10,
+                        verbose_name="outcome",
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=500, verbose_name="reason")),
+                ("error", models.CharField(blank=True, max_length=300, verbose_name="error")),
+                ("captured", models.JSONField(blank=True, default=dict, verbose_name="captured")),
+                (
+                    "created_at",
+                    models.DateTimeField(auto_now_add=True, db_index=True, verbose_name="at"),
+                ),
+                (
+                    "integration",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="logs",
+                        to="integrations.integration",
+                        verbose_name="integration",
+                    ),
+                ),
+                (
+                    "lead",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="structures.lead",
+                        verbose_name="lead",
+                    ),
+                ),
+                (
+                    "workspace",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="structures.workspace",
+                    ),
+                ),
+                (
+                    "request_step",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="logs",
+                        to="integrations.requeststep",
+                        verbose_name="request",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'request log',
-                'ordering': ['-created_at', '-id'],
+                "verbose_name": "request log",
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='RequestHeader',
+            name="RequestHeader",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField(default=0, verbose_name='order')),
-                ('name', models.CharField(max_length=200, verbose_name='name')),
-                ('value', models.TextField(blank=True, help_text='Text or a template, e.g. {{g_email | lower}}.', verbose_name='value')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='headers', to='integrations.requeststep')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField(default=0, verbose_name="order")),
+                ("name", models.CharField(max_length=200, verbose_name="name")),
+                (
+                    "value",
+                    models.TextField(
+                        blank=True,
+                        help_text="Text or a template, e.g. {{g_email | lower}}.",
+                        verbose_name="value",
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="headers",
+                        to="integrations.requeststep",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['position', 'id'],
-                'abstract': False,
+                "ordering": ["position", "id"],
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='RequestBodyField',
+            name="RequestBodyField",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField(default=0, verbose_name='order')),
-                ('name', models.CharField(max_length=200, verbose_name='name')),
-                ('value', models.TextField(blank=True, help_text='Text or a template, e.g. {{g_email | lower}}.', verbose_name='value')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='body_fields', to='integrations.requeststep')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField(default=0, verbose_name="order")),
+                ("name", models.CharField(max_length=200, verbose_name="name")),
+                (
+                    "value",
+                    models.TextField(
+                        blank=True,
+                        help_text="Text or a template, e.g. {{g_email | lower}}.",
+                        verbose_name="value",
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="body_fields",
+                        to="integrations.requeststep",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'body field',
-                'ordering': ['position', 'id'],
-                'abstract': False,
+                "verbose_name": "body field",
+                "ordering": ["position", "id"],
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='ResponseCapture',
+            name="ResponseCapture",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField(default=0, verbose_name='order')),
-                ('source', models.CharField(choices=[('body', 'Body'), ('header', 'Header'), ('status', 'HTTP code'), ('constant', 'Constant'), ('query', 'Query')], default='body', max_length=10, verbose_name='source')),
-                ('key_kind', models.CharField(choices=[('json_path', 'JSON path'), ('xpath', 'XPath'), ('regex', 'Regex'), ('none', 'Whole value')], default='json_path', max_length=10, verbose_name='key type')),
-                ('key', models.CharField(blank=True, max_length=500, verbose_name='key')),
-                ('target', models.CharField(choices=[('lead_field', 'Lead field'), ('variable', 'Variable'), ('reject_reason', 'Reject reason'), ('price', 'Bid / price'), ('redirect_url', 'Redirect URL'), ('buyer_lead_id', "Buyer's lead id")], default='variable', max_length=14, verbose_name='capture into')),
-                ('target_name', models.CharField(blank=True, help_text='Lead field or variable name.', max_length=120, verbose_name='name')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='captures', to='integrations.requeststep')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField(default=0, verbose_name="order")),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("body", "Body"),
+                            ("header", "Header"),
+                            ("status", "HTTP code"),
+                            ("constant", "Constant"),
+                            ("query", "Query"),
+                        ],
+                        default="body",
+                        max_length=10,
+                        verbose_name="source",
+                    ),
+                ),
+                (
+                    "key_kind",
+                    models.CharField(
+                        choices=[
+                            ("json_path", "JSON path"),
+                            ("xpath", "XPath"),
+                            ("regex", "Regex"),
+                            ("none", "Whole value"),
+                        ],
+                        default="json_path",
+                        max_length=10,
+                        verbose_name="key type",
+                    ),
+                ),
+                ("key", models.CharField(blank=True, max_length=500, verbose_name="key")),
+                (
+                    "target",
+                    models.CharField(
+                        choices=[
+                            ("lead_field", "Lead field"),
+                            ("variable", "Variable"),
+                            ("reject_reason", "Reject reason"),
+                            ("price", "Bid / price"),
+                            ("redirect_url", "Redirect URL"),
+                            ("buyer_lead_id", "Buyer's lead id"),
+                        ],
+                        default="variable",
+                        max_length=14,
+                        verbose_name="capture into",
+                    ),
+                ),
+                (
+                    "target_name",
+                    models.CharField(
+                        blank=True,
+                        help_text="Lead field or variable name.",
+                        max_length=120,
+                        verbose_name="name",
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="captures",
+                        to="integrations.requeststep",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'capture',
-                'ordering': ['position', 'id'],
+                "verbose_name": "capture",
+                "ordering": ["position", "id"],
             },
         ),
         migrations.CreateModel(
-            name='ResponseRule',
+            name="ResponseRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveIntegerField(default=0, verbose_name='order')),
-                ('source', models.CharField(choices=[('body', 'Body'), ('header', 'Header'), ('status', 'HTTP code'), ('constant', 'Constant'), ('query', 'Query')], default='body', max_length=10, verbose_name='source')),
-                ('key_kind', models.CharField(choices=[('json_path', 'JSON path'), ('xpath', 'XPath'), ('regex', 'Regex'), ('none', 'Whole value')], default='json_path', max_length=10, verbose_name='key type')),
-                ('key', models.CharField(blank=True, help_text='JSON path (data.status), XPath (//status) or regex.', max_length=500, verbose_name='key')),
-                ('operator', models.CharField(choices=[('equals', 'equals'), ('not_equals', 'not equals'), ('is_true', 'is true'), ('is_false', 'is false'), ('bigger_than', 'bigger than'), ('smaller_than', 'smaller than'), ('between', 'between'), ('contains', 'string contains'), ('not_contains', 'string not contains'), ('starts_with', 'string starts with'), ('ends_with', 'string ends with'), ('is_empty', 'is empty'), ('is_not_empty', 'is not empty'), ('matches', 'matches (regex)'), ('always', 'always')], default='equals', max_length=14, verbose_name='operator')),
-                ('value', models.CharField(blank=True, help_text='Alternatives with | (approved|accepted), wildcard *.', max_length=500, verbose_name='value')),
-                ('value2', models.CharField(blank=True, help_text='Upper bound for between.', max_length=500, verbose_name='second value')),
-                ('and_next', models.BooleanField(default=False, help_text='Must hold together with the next row.', verbose_name='and next row')),
-                ('outcome', models.CharField(choices=[('accepted', 'accepted'), ('rejected', 'rejected'), ('duplicate', 'duplicate'), ('pending', 'pending'), ('error', 'error'), ('timeout', 'timeout')], default='accepted', max_length=10, verbose_name='outcome')),
-                ('reason', models.CharField(blank=True, help_text='Shown as the reason; may use {{templates}}.', max_length=300, verbose_name='reason')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rules', to='integrations.requeststep')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveIntegerField(default=0, verbose_name="order")),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("body", "Body"),
+                            ("header", "Header"),
+                            ("status", "HTTP code"),
+                            ("constant", "Constant"),
+                            ("query", "Query"),
+                        ],
+                        default="body",
+                        max_length=10,
+                        verbose_name="source",
+                    ),
+                ),
+                (
+                    "key_kind",
+                    models.CharField(
+                        choices=[
+                            ("json_path", "JSON path"),
+                            ("xpath", "XPath"),
+                            ("regex", "Regex"),
+                            ("none", "Whole value"),
+                        ],
+                        default="json_path",
+                        max_length=10,
+                        verbose_name="key type",
+                    ),
+                ),
+                (
+                    "key",
+                    models.CharField(
+                        blank=True,
+                        help_text="JSON path (data.status), XPath (//status) or regex.",
+                        max_length=500,
+                        verbose_name="key",
+                    ),
+                ),
+                (
+                    "operator",
+                    models.CharField(
+                        choices=[
+                            ("equals", "equals"),
+                            ("not_equals", "not equals"),
+                            ("is_true", "is true"),
+                            ("is_false", "is false"),
+                            ("bigger_than", "bigger than"),
+                            ("smaller_than", "smaller than"),
+                            ("between", "between"),
+                            ("contains", "string contains"),
+                            ("not_contains", "string not contains"),
+                            ("starts_with", "string starts with"),
+                            ("ends_with", "string ends with"),
+                            ("is_empty", "is empty"),
+                            ("is_not_empty", "is not empty"),
+                            ("matches", "matches (regex)"),
+                            ("always", "always"),
+                        ],
+                        default="equals",
+                        max_length=14,
+                        verbose_name="operator",
+                    ),
+                ),
+                (
+                    "value",
+                    models.CharField(
+                        blank=True,
+                        help_text="Alternatives with | (approved|accepted), wildcard *.",
+                        max_length=500,
+                        verbose_name="value",
+                    ),
+                ),
+                (
+                    "value2",
+                    models.CharField(
+                        blank=True,
+                        help_text="Upper bound for between.",
+                        max_length=500,
+                        verbose_name="second value",
+                    ),
+                ),
+                (
+                    "and_next",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Must hold together with the next row.",
+                        verbose_name="and next row",
+                    ),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("accepted", "accepted"),
+                            ("rejected", "rejected"),
+                            ("duplicate", "duplicate"),
+                            ("pending", "pending"),
+                            ("error", "error"),
+                            ("timeout", "timeout"),
+                        ],
+                        default="accepted",
+                        max_length=10,
+                        verbose_name="outcome",
+                    ),
+                ),
+                (
+                    "reason",
+                    models.CharField(
+                        blank=True,
+                        help_text="Shown as the reason; may use {{templates}}.",
+                        max_length=300,
+                        verbose_name="reason",
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="rules",
+                        to="integrations.requeststep",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'response rule',
-                'ordering': ['position', 'id'],
+                "verbose_name": "response rule",
+                "ordering": ["position", "id"],
             },
         ),
         migrations.AddConstraint(
-            model_name='integration',
-            constraint=models.UniqueConstraint(fields=('workspace', 'name'), name='integration_unique_name'),
+            model_name="integration",
+            constraint=models.UniqueConstraint(
+                fields=("workspace", "name"), name="integration_unique_name"
+            ),
         ),
         migrations.AddIndex(
-            model_name='requestlog',
-            index=models.Index(fields=['integration', '-created_at'], name='reqlog_integration_time'),
+            model_name="requestlog",
+            index=models.Index(
+                fields=["integration", "-created_at"], name="reqlog_integration_time"
+            ),
         ),
         migrations.AddIndex(
-            model_name='requestlog',
-            index=models.Index(fields=['lead', '-created_at'], name='reqlog_lead_time'),
+            model_name="requestlog",
+            index=models.Index(fields=["lead", "-created_at"], name="reqlog_lead_time"),
         ),
     ]

@@ -1,0 +1,242 @@
+"""Writes and sends of the integrations app: run a request step (build, send, read, log),
+store secrets, create integrations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from django.db import transaction
+
+from integrations import outbound, secrets
+from integrations.building import BuildError, BuiltRequest, build_request
+from integrations.choices import Status
+from integrations.models import Integration, RequestLog, RequestStep
+from integrations.reading import Outcome, read_response
+from integrations.spec import (
+    AuthType,
+    BodyFormat,
+    Capture,
+    CaptureTarget,
+    Condition,
+    KeyKind,
+    Method,
+    Operator,
+    OutcomeKind,
+    RequestSpec,
+    Rule,
+    Source,
+)
+from structures.models import Lead
+
+log = structlog.get_logger(__name__)
+
+LOG_BODY_LIMIT = 16 * 1024  # bytes of each body kept in the request log
+
+
+@dataclass
+class RunResult:
+    """What one run of a request step did."""
+
+    built: BuiltRequest | None
+    result: outbound.OutboundResult | None
+    outcome: Outcome
+    was_sent: bool
+    log: RequestLog | None
+
+
+def step_spec(step: RequestStep, *, with_secret: bool = True) -> RequestSpec:
+    """The pure description of a request step (decrypting its secret when asked)."""
+    rules: list[Rule] = []
+    pending: list[Condition] = []
+    for row in step.rules.all():
+        pending.append(
+            Condition(
+                source=Source(row.source), operator=Operator(row.operator),
+                key_kind=KeyKind(row.key_kind), key=row.key, value=row.value,
+                value2=row.value2,
+            )
+        )  # fmt: skip
+        if not row.and_next:
+            rules.append(Rule(tuple(pending), OutcomeKind(row.outcome), row.reason))
+            pending = []
+    if pending:  # a trailing "and next" with no next row: the last row decides
+        last = step.rules.all()[len(step.rules.all()) - 1]
+        rules.append(Rule(tuple(pending), OutcomeKind(last.outcome), last.reason))
+    secret = secrets.decrypt(step.auth_secret_encrypted) if with_secret else ""
+    return RequestSpec(
+        method=Method(step.method),
+        url=step.url,
+        body_format=BodyFormat(step.body_format),
+        headers=tuple((h.name, h.value) for h in step.headers.all()),
+        query=tuple((q.name, q.value) for q in step.query_params.all()),
+        body=tuple((b.name, b.value) for b in step.body_fields.all()),
+        xml_root=step.xml_root or "request",
+        timeout_seconds=step.timeout_seconds,
+        auth_type=AuthType(step.auth_type),
+        auth_name=step.auth_name,
+        auth_secret=secret,
+        rules=tuple(rules),
+        captures=tuple(
+            Capture(
+                source=Source(c.source),
+                key_kind=KeyKind(c.key_kind),
+                key=c.key,
+                target=CaptureTarget(c.target),
+                target_name=c.target_name,
+            )
+            for c in step.captures.all()
+        ),  # fmt: skip
+        default_outcome=OutcomeKind(step.default_outcome),
+    )
+
+
+def _is_forced(context: Mapping[str, Any]) -> bool:
+    for key, value in context.items():
+        if str(key).lower() == "trl_test" and str(value).strip().lower() in ("1", "true"):
+            return True
+    return False
+
+
+def request_run(
+    *,
+    step: RequestStep,
+    context: Mapping[str, Any],
+    lead: Lead | None = None,
+    origin: str = "send",
+    force_send: bool = False,
+    dry_run: bool = False,
+    write_log: bool = True,
+) -> RunResult:
+    """Build, maybe send, read and log one request.
+
+    Status semantics: disabled never sends; test renders and logs without sending unless
+    the context carries ``trl_test=1`` (or ``force_send``, the operator's explicit test);
+    enabled sends. ``dry_run`` never sends (preview, "run with sample values").
+    """
+    integration = step.integration
+    spec = step_spec(step)
+    try:
+        built = build_request(spec, context)
+    except BuildError as exc:
+        outcome = Outcome.error(f"Request could not be built: {exc}")
+        entry = _log(step, lead, origin, None, None, outcome, False) if write_log else None
+        return RunResult(None, None, outcome, False, entry)
+
+    if integration.status == Status.DISABLED:
+        send, why = False, "Not sent: the integration is disabled."
+    elif dry_run:
+        send, why = False, "Not sent: dry run."
+    elif integration.status == Status.TEST and not (force_send or _is_forced(context)):
+        send, why = False, "Not sent: the integration is in test mode (trl_test=1 forces it)."
+    else:
+        send, why = True, ""
+
+    if send:
+        result = outbound.send(built.to_outbound())
+        outcome = read_response(spec, built, result, context)
+    else:
+        result = None
+        outcome = Outcome.error(why)
+    entry = _log(step, lead, origin, built, result, outcome, send) if write_log else None
+    log.info(
+        "integration.request",
+        integration_id=integration.pk,
+        request_id=step.pk,
+        sent=send,
+        outcome=outcome.kind,
+        status=result.status_code if result else None,
+        ms=result.elapsed_ms if result else None,
+    )
+    return RunResult(built, result, outcome, send, entry)
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= LOG_BODY_LIMIT else text[:LOG_BODY_LIMIT] + "\n[truncated]"
+
+
+def _log(
+    step: RequestStep,
+    lead: Lead | None,
+    origin: str,
+    built: BuiltRequest | None,
+    result: outbound.OutboundResult | None,
+    outcome: Outcome,
+    was_sent: bool,
+) -> RequestLog:
+    secrets_ = list(built.secrets) if built else []
+    if result is not None:
+        req = result.masked_request()
+        resp = result.masked_response()
+        method, url = req["method"], req["url"]
+        req_headers, req_body = req["headers"], req.get("body", "")
+    elif built is not None:
+        method = built.method
+        url = outbound.mask_url(built.url, secrets_)
+        req_headers = outbound.mask_headers(built.headers, secrets_)
+        req_body = outbound.mask_secrets((built.body or b"").decode("utf-8", "replace"), secrets_)
+        resp = {}
+    else:
+        method, url, req_headers, req_body, resp = step.method, step.url, [], "", {}
+    captured = {k: outbound.mask_secrets(str(v), secrets_) for k, v in outcome.captured.items()}
+    return RequestLog.objects.create(
+        workspace_id=step.workspace_id,
+        integration_id=step.integration_id,
+        request_step=step,
+        lead=lead,
+        origin=origin,
+        was_sent=was_sent,
+        method=method,
+        url=url,
+        request_headers=[list(h) for h in req_headers],
+        request_body=_cap(req_body),
+        status_code=resp.get("status_code"),
+        response_headers=[list(h) for h in resp.get("headers", [])],
+        response_body=_cap(resp.get("body", "")),
+        duration_ms=result.elapsed_ms if result else None,
+        outcome=outcome.kind,
+        reason=outbound.mask_secrets(outcome.reason, secrets_)[:500],
+        error=(result.error_message or "")[:300] if result else "",
+        captured=captured,
+    )
+
+
+def request_secret_set(*, step: RequestStep, secret: str | None) -> None:
+    """Store (or clear with "") the step's secret, encrypted. None keeps it."""
+    if secret is None:
+        return
+    step.auth_secret_encrypted = secrets.encrypt(secret)
+    RequestStep.objects.filter(pk=step.pk).update(auth_secret_encrypted=step.auth_secret_encrypted)
+
+
+def integration_create(
+    *, workspace_id: int, name: str, category: str = "custom", status: str = Status.TEST,
+    url: str = "https://", method: str = "POST", body_format: str = "json",
+) -> Integration:  # fmt: skip
+    """A new integration with its first request step."""
+    with transaction.atomic():
+        integration = Integration(
+            workspace_id=workspace_id, name=name, category=category, status=status
+        )
+        integration.full_clean()
+        integration.save()
+        RequestStep.objects.create(
+            workspace_id=workspace_id, integration=integration, name="Request", url=url,
+            method=method, body_format=body_format,
+        )  # fmt: skip
+    return integration
+
+
+def secrets_rotate() -> int:
+    """Re-encrypt every stored secret with the newest key; returns how many."""
+    count = 0
+    for step in RequestStep.objects.exclude(auth_secret_encrypted="").only(
+        "id", "auth_secret_encrypted"
+    ):
+        RequestStep.objects.filter(pk=step.pk).update(
+            auth_secret_encrypted=secrets.rotate(step.auth_secret_encrypted)
+        )
+        count += 1
+    return count
