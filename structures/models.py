@@ -461,11 +461,19 @@ class Lead(models.Model):
     ``pcid`` is its public id."""
 
     workspace = models.ForeignKey(
-        Workspace, on_delete=models.CASCADE, related_name="leads", verbose_name="workspace"
+        Workspace,
+        on_delete=models.CASCADE,
+        related_name="leads",
+        verbose_name="workspace",
+        db_index=False,  # (workspace, -created_at) below
     )
     pcid = models.CharField("lead id", max_length=32, unique=True, default=new_pcid, editable=False)
     structure = models.ForeignKey(
-        Structure, on_delete=models.PROTECT, related_name="leads", verbose_name="structure"
+        Structure,
+        on_delete=models.PROTECT,
+        related_name="leads",
+        verbose_name="structure",
+        db_index=False,  # (structure, -created_at) below
     )
     partner = models.ForeignKey(
         Partner,
@@ -474,12 +482,13 @@ class Lead(models.Model):
         blank=True,
         related_name="leads",
         verbose_name="partner",
+        db_index=False,  # (partner, -created_at) below
     )
     source = models.CharField("source", max_length=10, choices=LeadSource.choices)
-    status = models.CharField("status", max_length=10, choices=LeadStatus.choices, db_index=True)
+    status = models.CharField("status", max_length=10, choices=LeadStatus.choices)
     reason = models.CharField("reason", max_length=300, blank=True)
     data = models.JSONField("values", default=dict, help_text="Normalised values by field name.")
-    external_id = models.CharField("external id", max_length=120, blank=True, db_index=True)
+    external_id = models.CharField("external id", max_length=120, blank=True)
     sub1 = models.CharField("sub1", max_length=255, blank=True)
     sub2 = models.CharField("sub2", max_length=255, blank=True)
     sub3 = models.CharField("sub3", max_length=255, blank=True)
@@ -495,21 +504,37 @@ class Lead(models.Model):
         blank=True,
         related_name="+",
         verbose_name="duplicate of",
+        db_index=False,  # partial index below: only duplicates carry it
     )
     ip = models.GenericIPAddressField("sender IP", null=True, blank=True)
-    created_at = models.DateTimeField("received", auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField("received", auto_now_add=True)
     decided_at = models.DateTimeField("decided", null=True, blank=True)
     # When the sweeper should look again at a lead still pending (lost task re-drive).
     next_check_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Every index costs on the intake path (one lead insert per partner request), so
+        # only what the lead list, the partner API and deletes need: by workspace, partner
+        # and structure in time order, external ids, pending leads due, duplicate links.
         indexes = [
             models.Index(fields=["workspace", "-created_at"], name="lead_ws_created"),
+            models.Index(fields=["partner", "-created_at"], name="lead_partner_created"),
+            models.Index(fields=["structure", "-created_at"], name="lead_structure_created"),
+            models.Index(
+                fields=["duplicate_of"],
+                condition=Q(duplicate_of__isnull=False),
+                name="lead_duplicate_of",
+            ),
             models.Index(
                 fields=["next_check_at"],
                 condition=Q(status=LeadStatus.PENDING),
                 name="lead_pending_due",
+            ),
+            models.Index(
+                fields=["workspace", "external_id"],
+                condition=~Q(external_id=""),
+                name="lead_ws_external_id",
             ),
         ]
 
@@ -526,7 +551,10 @@ class LeadEvent(models.Model):
     """One entry of a lead's history: received, duplicate, pending, approved, rejected,
     and later every step of its distribution."""
 
-    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: history is always read through its lead.
+    workspace = models.ForeignKey(
+        Workspace, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="history")
     kind = models.CharField("event", max_length=40)
     message = models.CharField("message", max_length=500, blank=True)
@@ -550,7 +578,10 @@ class DuplicateKey(models.Model):
     ``expires_at``. The unique constraint is what makes the duplicate check hold under
     concurrency: of 50 identical concurrent posts exactly one inserts the row."""
 
-    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    # (workspace, key) is unique: that index serves workspace lookups too.
+    workspace = models.ForeignKey(
+        Workspace, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     key = models.CharField(max_length=64)
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="+")
     expires_at = models.DateTimeField()

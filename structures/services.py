@@ -352,15 +352,6 @@ def _lead_save(
     )
     lead.save()
     structlog.contextvars.bind_contextvars(lead_id=lead.pcid)
-    events = [
-        LeadEvent(
-            workspace=workspace,
-            lead=lead,
-            kind="received",
-            actor=actor,
-            message=f"Received from {partner} via {source}.",
-        )
-    ]
     if not lead.is_test:
         try:
             _claim_duplicate_keys(lead=lead, version=workspace.config_key)
@@ -373,16 +364,20 @@ def _lead_save(
             lead.save(
                 update_fields=["status", "reason", "duplicate_of", "next_check_at", "decided_at"]
             )
-    kind = lead.status
-    message = {
-        LeadStatus.APPROVED: "Approved (refusal policy off).",
-        LeadStatus.PENDING: "Pending: the refusal policy decides.",
+    decision = {
+        LeadStatus.APPROVED: "approved (refusal policy off).",
+        LeadStatus.PENDING: "pending: the refusal policy decides.",
         LeadStatus.DUPLICATE: lead.reason,
     }[lead.status]
-    events.append(
-        LeadEvent(workspace=workspace, lead=lead, kind=kind, message=message, actor="system")
+    # One history row for "received and what was decided at once": a lead's history is
+    # read rarely and written on the hottest path.
+    LeadEvent.objects.create(
+        workspace=workspace,
+        lead=lead,
+        kind=lead.status,
+        actor=actor,
+        message=f"Received from {partner} via {source}: {decision}",
     )
-    LeadEvent.objects.bulk_create(events)
     log.info("lead.received", status=lead.status, partner_id=partner.id, test=lead.is_test)
     if lead.status in (LeadStatus.APPROVED, LeadStatus.PENDING):
         transaction.on_commit(lambda: _after_accept(lead.id, lead.status), robust=True)

@@ -99,7 +99,7 @@ def test_operator_adds_a_partner_creates_a_key_and_sees_its_lead(
     expect(values).to_contain_text("jane.journey@example.com")
     expect(values).to_contain_text("Journey")
     history = page.locator("#history-group")
-    expect(history).to_contain_text("received")
+    expect(history).to_contain_text("Received from")
     expect(history).to_contain_text("approved")
     expect(history).to_contain_text("Received from Journey Media via api.")
 

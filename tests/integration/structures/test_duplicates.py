@@ -31,7 +31,7 @@ def test_second_lead_with_same_email_is_duplicate_of_the_first(client, lead_setu
     assert "Same email" in second["reason"]
     dup = Lead.objects.get(pcid=second["id"])
     assert dup.duplicate_of.pcid == first["id"]
-    assert list(dup.history.values_list("kind", flat=True)) == ["received", "duplicate"]
+    assert list(dup.history.values_list("kind", flat=True)) == ["duplicate"]
 
 
 @pytest.mark.django_db

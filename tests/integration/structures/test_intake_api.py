@@ -39,7 +39,7 @@ def test_valid_lead_is_approved_normalised_and_saved_with_history(client, lead_s
     assert lead.data["g_consent"] == "true"
     assert lead.external_id == "pub-1" and lead.sub1 == "fb"
     assert data["status_url"].endswith(f"/api/v1/leads/{lead.pcid}/")
-    assert list(lead.history.values_list("kind", flat=True)) == ["received", "approved"]
+    assert list(lead.history.values_list("kind", flat=True)) == ["approved"]
 
 
 def test_invalid_fields_are_each_named_and_nothing_is_written(client, lead_setup):

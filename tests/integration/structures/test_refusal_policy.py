@@ -55,7 +55,7 @@ def test_policy_on_starts_pending_then_approves(
     assert data["status"] == "pending"
     lead = Lead.objects.get(pcid=data["id"])
     assert lead.status == "approved"
-    assert list(lead.history.values_list("kind", flat=True)) == ["received", "pending", "approved"]
+    assert list(lead.history.values_list("kind", flat=True)) == ["pending", "approved"]
     assert client.get(f"{URL}{lead.pcid}/", **lead_setup.auth).json()["status"] == "approved"
 
 
