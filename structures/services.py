@@ -159,40 +159,41 @@ def _duplicate_keys(*, lead: Lead, version: str) -> list[tuple[str, str, timedel
     return keys
 
 
-def _claim_duplicate_keys(*, lead: Lead, version: str) -> None:
-    """Claim every duplicate key of the lead or raise _Duplicate, leaving no claim behind.
-
-    One ``INSERT ... ON CONFLICT DO NOTHING`` claims the free keys. The unique constraint
-    decides races: a concurrent insert of the same key waits for the first transaction and
-    then does nothing, so of 50 identical concurrent posts exactly one claims the key.
-    Keys that were taken are looked at only on that (rare) path.
-    """
-    keys = _duplicate_keys(lead=lead, version=version)
-    if not keys:
-        return
-    now = timezone.now()
-    table = connection.ops.quote_name(DuplicateKey._meta.db_table)
+def _keys_insert(*, lead: Lead, keys: list[tuple[str, str, timedelta]], now: Any) -> set[str]:
+    """Claim the free keys in one ``INSERT ... ON CONFLICT DO NOTHING``; returns them."""
+    table = quote(DuplicateKey._meta.db_table)
     rows = ", ".join(["(%s, %s, %s, %s)"] * len(keys))
     params: list[Any] = []
     for key, _, window in keys:
         params += [lead.workspace_id, key, lead.pk, now + window]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (workspace_id, {connection.ops.quote_name('key')}, "  # noqa: S608
-            f"lead_id, expires_at) VALUES {rows} "
-            f"ON CONFLICT (workspace_id, {connection.ops.quote_name('key')}) DO NOTHING "
-            f"RETURNING {connection.ops.quote_name('key')}",
+            f"INSERT INTO {table} (workspace_id, {quote('key')}, lead_id, expires_at) "  # noqa: S608
+            f"VALUES {rows} ON CONFLICT (workspace_id, {quote('key')}) DO NOTHING "
+            f"RETURNING {quote('key')}",
             params,
         )
-        claimed = {row[0] for row in cursor.fetchall()}
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _keys_resolve_taken(
+    *, lead: Lead, keys: list[tuple[str, str, timedelta]], claimed: set[str], now: Any
+) -> None:
+    """The keys the insert could not claim: take over those whose window is over, or
+    raise _Duplicate after giving back what this lead claimed (no claim is left behind).
+
+    The unique constraint decides races: a concurrent insert of the same key waits for the
+    first transaction and then does nothing, so of 50 identical concurrent posts exactly
+    one claims the key. This runs only for duplicates and expired keys.
+    """
     taken = [(key, name, window) for key, name, window in keys if key not in claimed]
     if not taken:
         return
     try:
         with transaction.atomic():
             for key, rule_name, window in taken:
-                # If the holder's window is over, take the key over with a conditional
-                # UPDATE; 0 rows means it is still held (or another request renewed it).
+                # A conditional UPDATE takes over an expired key; 0 rows means it is still
+                # held (or another request renewed it first).
                 if DuplicateKey.objects.filter(
                     workspace_id=lead.workspace_id, key=key, expires_at__lte=now
                 ).update(lead=lead, expires_at=now + window):
@@ -206,6 +207,73 @@ def _claim_duplicate_keys(*, lead: Lead, version: str) -> None:
     except _Duplicate:
         DuplicateKey.objects.filter(workspace_id=lead.workspace_id, key__in=claimed).delete()
         raise
+
+
+def quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _insert_values(
+    obj: Any, *, skip: tuple[str, ...] = ()
+) -> tuple[list[str], list[str], list[Any]]:
+    """Columns, cast placeholders and parameters of an INSERT of ``obj``, prepared exactly
+    as the ORM prepares them (defaults, auto_now_add, JSON adaptation)."""
+    columns, placeholders, params = [], [], []
+    for field in obj._meta.concrete_fields:
+        if field.primary_key or field.name in skip:
+            continue
+        columns.append(quote(field.column))
+        placeholders.append(f"CAST(%s AS {field.db_type(connection)})")
+        params.append(field.get_db_prep_save(field.pre_save(obj, True), connection))
+    return columns, placeholders, params
+
+
+def _lead_insert(
+    *, lead: Lead, event: LeadEvent, keys: list[tuple[str, str, timedelta]], now: Any
+) -> set[str]:
+    """Write the lead, its history row and its free duplicate keys; return the keys
+    claimed. On PostgreSQL that is one statement (three data-modifying CTEs): this is the
+    hottest write of the product and each round trip and ORM save costs (see
+    docs/benchmarks.md). Elsewhere, the ORM."""
+    if connection.vendor != "postgresql":
+        lead.save()
+        event.lead = lead
+        event.save()
+        return _keys_insert(lead=lead, keys=keys, now=now) if keys else set()
+    lead_cols, lead_ph, params = _insert_values(lead)
+    event_cols, event_ph, event_params = _insert_values(event, skip=("lead",))
+    sql = [
+        f"WITH l AS (INSERT INTO {quote(Lead._meta.db_table)} ({', '.join(lead_cols)}) "  # noqa: S608
+        f"VALUES ({', '.join(lead_ph)}) RETURNING id), "
+        f"e AS (INSERT INTO {quote(LeadEvent._meta.db_table)} "
+        f"({', '.join(event_cols)}, lead_id) SELECT {', '.join(event_ph)}, l.id FROM l "
+        "RETURNING id)"
+    ]
+    params += event_params
+    if keys:
+        values = ", ".join(
+            ["(CAST(%s AS bigint), CAST(%s AS varchar), CAST(%s AS timestamptz))"] * len(keys)
+        )
+        sql.append(
+            f", k AS (INSERT INTO {quote(DuplicateKey._meta.db_table)} "  # noqa: S608
+            f"(workspace_id, {quote('key')}, lead_id, expires_at) "
+            f"SELECT v.w, v.k, l.id, v.x FROM l, (VALUES {values}) AS v(w, k, x) "
+            f"ON CONFLICT (workspace_id, {quote('key')}) DO NOTHING RETURNING {quote('key')})"
+        )
+        for key, _, window in keys:
+            params += [lead.workspace_id, key, now + window]
+        sql.append(
+            f" SELECT (SELECT id FROM l), (SELECT id FROM e), ARRAY(SELECT {quote('key')} FROM k)"  # noqa: S608
+        )
+    else:
+        sql.append(" SELECT (SELECT id FROM l), (SELECT id FROM e), ARRAY[]::varchar[]")
+    with connection.cursor() as cursor:
+        cursor.execute("".join(sql), params)
+        lead_id, event_id, claimed = cursor.fetchone()
+    lead.pk, event.pk = lead_id, event_id
+    lead._state.adding = event._state.adding = False
+    event.lead = lead
+    return set(claimed)
 
 
 def lead_body(lead: Lead) -> dict[str, Any]:
@@ -348,36 +416,38 @@ def _lead_save(
         ip=ip,
         next_check_at=now + PROCESS_GRACE if pending else None,
         decided_at=None if pending else now,
+        created_at=now,
         **extras,
     )
-    lead.save()
     structlog.contextvars.bind_contextvars(lead_id=lead.pcid)
-    if not lead.is_test:
-        try:
-            _claim_duplicate_keys(lead=lead, version=workspace.config_key)
-        except _Duplicate as dup:
-            lead.status = LeadStatus.DUPLICATE
-            lead.reason = f"Duplicate of an earlier lead (rule: {dup.rule_name})."
-            lead.duplicate_of_id = dup.holder_id or None
-            lead.next_check_at = None
-            lead.decided_at = now
-            lead.save(
-                update_fields=["status", "reason", "duplicate_of", "next_check_at", "decided_at"]
-            )
-    decision = {
-        LeadStatus.APPROVED: "approved (refusal policy off).",
-        LeadStatus.PENDING: "pending: the refusal policy decides.",
-        LeadStatus.DUPLICATE: lead.reason,
-    }[lead.status]
-    # One history row for "received and what was decided at once": a lead's history is
+    keys = [] if lead.is_test else _duplicate_keys(lead=lead, version=workspace.config_key)
+    decision = (
+        "pending: the refusal policy decides." if pending else "approved (refusal policy off)."
+    )
+    # One history row for "received, and what was decided at once": a lead's history is
     # read rarely and written on the hottest path.
-    LeadEvent.objects.create(
+    event = LeadEvent(
         workspace=workspace,
         lead=lead,
         kind=lead.status,
         actor=actor,
         message=f"Received from {partner} via {source}: {decision}",
+        created_at=now,
     )
+    claimed = _lead_insert(lead=lead, event=event, keys=keys, now=now)
+    try:
+        _keys_resolve_taken(lead=lead, keys=keys, claimed=claimed, now=now)
+    except _Duplicate as dup:
+        lead.status = LeadStatus.DUPLICATE
+        lead.reason = f"Duplicate of an earlier lead (rule: {dup.rule_name})."
+        lead.duplicate_of_id = dup.holder_id or None
+        lead.next_check_at = None
+        lead.decided_at = now
+        lead.save(update_fields=["status", "reason", "duplicate_of", "next_check_at", "decided_at"])
+        LeadEvent.objects.filter(pk=event.pk).update(
+            kind=LeadStatus.DUPLICATE,
+            message=f"Received from {partner} via {source}: {lead.reason}",
+        )
     log.info("lead.received", status=lead.status, partner_id=partner.id, test=lead.is_test)
     if lead.status in (LeadStatus.APPROVED, LeadStatus.PENDING):
         transaction.on_commit(lambda: _after_accept(lead.id, lead.status), robust=True)
