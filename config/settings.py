@@ -86,6 +86,14 @@ DATABASES = {"default": env.db_url_config(env.str("DATABASE_URL", default="") or
 # Persistent connections: a new PostgreSQL connection per request costs ~5x throughput.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Server-side binding + a prepare threshold let psycopg prepare the statements a
+    # process runs over and over (intake, callbacks), so PostgreSQL plans them once.
+    # Behind PgBouncer in transaction mode set DB_PREPARED_STATEMENTS=false.
+    if env.bool("DB_PREPARED_STATEMENTS", default=True):
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            server_side_binding=True, prepare_threshold=5
+        )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL alone still fails read-then-write transactions under concurrency with
     # "database is locked"; IMMEDIATE transactions take the write lock up front.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -213,18 +214,21 @@ def quote(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
-def _insert_values(
-    obj: Any, *, skip: tuple[str, ...] = ()
-) -> tuple[list[str], list[str], list[Any]]:
+@functools.cache
+def _insert_shape(model: type[Any], skip: tuple[str, ...]) -> tuple[list[Any], str, str]:
+    """Fields, column list and cast placeholders of an INSERT into ``model`` (computed once
+    per process: the intake path runs it for every lead)."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key and f.name not in skip]
+    columns = ", ".join(quote(f.column) for f in fields)
+    placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
+    return fields, columns, placeholders
+
+
+def _insert_values(obj: Any, *, skip: tuple[str, ...] = ()) -> tuple[str, str, list[Any]]:
     """Columns, cast placeholders and parameters of an INSERT of ``obj``, prepared exactly
     as the ORM prepares them (defaults, auto_now_add, JSON adaptation)."""
-    columns, placeholders, params = [], [], []
-    for field in obj._meta.concrete_fields:
-        if field.primary_key or field.name in skip:
-            continue
-        columns.append(quote(field.column))
-        placeholders.append(f"CAST(%s AS {field.db_type(connection)})")
-        params.append(field.get_db_prep_save(field.pre_save(obj, True), connection))
+    fields, columns, placeholders = _insert_shape(type(obj), skip)
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
     return columns, placeholders, params
 
 
@@ -243,10 +247,10 @@ def _lead_insert(
     lead_cols, lead_ph, params = _insert_values(lead)
     event_cols, event_ph, event_params = _insert_values(event, skip=("lead",))
     sql = [
-        f"WITH l AS (INSERT INTO {quote(Lead._meta.db_table)} ({', '.join(lead_cols)}) "  # noqa: S608
-        f"VALUES ({', '.join(lead_ph)}) RETURNING id), "
+        f"WITH l AS (INSERT INTO {quote(Lead._meta.db_table)} ({lead_cols}) "  # noqa: S608
+        f"VALUES ({lead_ph}) RETURNING id), "
         f"e AS (INSERT INTO {quote(LeadEvent._meta.db_table)} "
-        f"({', '.join(event_cols)}, lead_id) SELECT {', '.join(event_ph)}, l.id FROM l "
+        f"({event_cols}, lead_id) SELECT {event_ph}, l.id FROM l "
         "RETURNING id)"
     ]
     params += event_params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -60,16 +61,10 @@ WORKSPACE_FIELDS = _in_model_order(Workspace, WORKSPACE_FIELDS)
 STRUCTURE_FIELDS = _in_model_order(Structure, STRUCTURE_FIELDS)
 
 
-def _usable_key_by_prefix(prefix: str) -> PartnerAPIKey | None:
-    """The key with its partner, workspace and default structure in one statement.
-
-    Hand-written because it runs on every partner request: building the equivalent
-    select_related() query costs ~1 ms of CPU in the ORM against ~0.15 ms for the round
-    trip (measured, docs/benchmarks.md). Instances are built with from_db(), so any
-    field not read here still loads on access.
-    """
+@functools.cache
+def _key_sql() -> str:
     # Only model metadata is interpolated; the prefix and time are parameters.
-    sql = (
+    return (
         f"SELECT {_columns(PartnerAPIKey, KEY_FIELDS, 'k')}, "  # noqa: S608
         f"{_columns(Partner, PARTNER_FIELDS, 'p')}, "
         f"{_columns(Workspace, WORKSPACE_FIELDS, 'w')}, "
@@ -81,8 +76,18 @@ def _usable_key_by_prefix(prefix: str) -> PartnerAPIKey | None:
         "WHERE k.prefix = %s AND NOT k.revoked "
         "AND (k.expiry_date IS NULL OR k.expiry_date > %s)"
     )
+
+
+def _usable_key_by_prefix(prefix: str) -> PartnerAPIKey | None:
+    """The key with its partner, workspace and default structure in one statement.
+
+    Hand-written because it runs on every partner request: building the equivalent
+    select_related() query costs ~1 ms of CPU in the ORM against ~0.15 ms for the round
+    trip (measured, docs/benchmarks.md). Instances are built with from_db(), so any
+    field not read here still loads on access.
+    """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [prefix, timezone.now()])
+        cursor.execute(_key_sql(), [prefix, timezone.now()])
         row = cursor.fetchone()
     if row is None:
         return None
