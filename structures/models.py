@@ -575,21 +575,17 @@ class LeadEvent(models.Model):
 
 class DuplicateKey(models.Model):
     """A claim on a duplicate key (hash of a rule's normalised values) until
-    ``expires_at``. The unique constraint is what makes the duplicate check hold under
-    concurrency: of 50 identical concurrent posts exactly one inserts the row."""
+    ``expires_at``. The primary key (workspace, key) is what makes the duplicate check
+    hold under concurrency: of 50 identical concurrent posts exactly one inserts the row.
+    (A composite key and no surrogate id: one index fewer on every lead's insert.)"""
 
-    # (workspace, key) is unique: that index serves workspace lookups too.
+    pk = models.CompositePrimaryKey("workspace_id", "key")
     workspace = models.ForeignKey(
         Workspace, on_delete=models.CASCADE, related_name="+", db_index=False
     )
     key = models.CharField(max_length=64)
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="+")
     expires_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["workspace", "key"], name="duplicatekey_unique")
-        ]
 
     def __str__(self) -> str:
         return self.key
