@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from structures import hooks, intake_config
@@ -232,8 +232,18 @@ def _insert_values(obj: Any, *, skip: tuple[str, ...] = ()) -> tuple[str, str, l
     return columns, placeholders, params
 
 
+class _KeysTaken(Exception):
+    """The optimistic single-statement insert found a duplicate key taken: nothing was
+    written; take the transactional path."""
+
+
 def _lead_insert(
-    *, lead: Lead, event: LeadEvent, keys: list[tuple[str, str, timedelta]], now: Any
+    *,
+    lead: Lead,
+    event: LeadEvent,
+    keys: list[tuple[str, str, timedelta]],
+    now: Any,
+    all_or_nothing: bool = False,
 ) -> set[str]:
     """Write the lead, its history row and its free duplicate keys; return the keys
     claimed. On PostgreSQL that is one statement (three data-modifying CTEs): this is the
@@ -269,11 +279,21 @@ def _lead_insert(
         sql.append(
             f" SELECT (SELECT id FROM l), (SELECT id FROM e), ARRAY(SELECT {quote('key')} FROM k)"  # noqa: S608
         )
+        if all_or_nothing:
+            # Outside a transaction the statement is the transaction: when a key is taken
+            # it fails (division by zero) and PostgreSQL undoes all of it.
+            sql.append(", 1 / (CASE WHEN (SELECT count(*) FROM k) = %s THEN 1 ELSE 0 END)")
+            params.append(len(keys))
     else:
         sql.append(" SELECT (SELECT id FROM l), (SELECT id FROM e), ARRAY[]::varchar[]")
     with connection.cursor() as cursor:
-        cursor.execute("".join(sql), params)
-        lead_id, event_id, claimed = cursor.fetchone()
+        try:
+            cursor.execute("".join(sql), params)
+        except DataError as exc:
+            if all_or_nothing:
+                raise _KeysTaken from exc
+            raise
+        lead_id, event_id, claimed, *_ = cursor.fetchone()
     lead.pk, event.pk = lead_id, event_id
     lead._state.adding = event._state.adding = False
     event.lead = lead
@@ -327,6 +347,26 @@ def lead_intake(
 
     policy = intake_config.refusal_policy(workspace.pk, workspace.config_key)
     pending = _policy_applies(policy, source=source, partner=partner)
+    save = functools.partial(
+        _lead_save,
+        workspace=workspace,
+        partner=partner,
+        structure=structure,
+        values=values,
+        extras=extras,
+        source=source,
+        ip=ip,
+        pending=pending,
+        actor=f"key {api_key.prefix}",
+    )
+    if connection.vendor == "postgresql" and not idempotency_key and not connection.in_atomic_block:
+        # The common case, a new person: one statement, no BEGIN/COMMIT round trips.
+        # When a duplicate key is taken nothing is written and the transactional path
+        # below decides (duplicate, or an expired key taken over).
+        try:
+            return save(optimistic=True)
+        except _KeysTaken:
+            pass
     try:
         with transaction.atomic():
             result = _lead_save(
@@ -408,6 +448,7 @@ def _lead_save(
     ip: str | None,
     pending: bool,
     actor: str,
+    optimistic: bool = False,
 ) -> IntakeResult:
     now = timezone.now()
     lead = Lead(
@@ -438,7 +479,7 @@ def _lead_save(
         message=f"Received from {partner} via {source}: {decision}",
         created_at=now,
     )
-    claimed = _lead_insert(lead=lead, event=event, keys=keys, now=now)
+    claimed = _lead_insert(lead=lead, event=event, keys=keys, now=now, all_or_nothing=optimistic)
     try:
         _keys_resolve_taken(lead=lead, keys=keys, claimed=claimed, now=now)
     except _Duplicate as dup:

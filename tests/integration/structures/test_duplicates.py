@@ -116,3 +116,23 @@ def test_fifty_identical_concurrent_posts_accept_exactly_one():
     assert sorted(results).count("201:duplicate") == 49, results
     assert Lead.objects.filter(status="approved").count() == 1
     assert Lead.objects.filter(status="duplicate").count() == 49
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_single_statement_path_keeps_the_same_rules():
+    """Requests run in autocommit: PostgreSQL takes the one-statement insert, which must
+    write nothing when a key is taken (the transactional path then decides)."""
+    from tests.factories.structures import make_lead_setup
+
+    setup = make_lead_setup("Autocommit")
+    client = Client()
+    first = post(client, setup, setup.valid_payload(1)).json()
+    again = post(client, setup, setup.valid_payload(1)).json()
+    same_phone = post(client, setup, setup.valid_payload(1) | {"g_email": "new@example.com"})
+    fresh = post(client, setup, setup.valid_payload(2) | {"g_email": "new@example.com"}).json()
+    assert first["status"] == "approved" and again["status"] == "duplicate"
+    assert same_phone.json()["status"] == "duplicate"
+    assert fresh["status"] == "approved"  # new@example.com was not left claimed
+    assert Lead.objects.get(pcid=again["id"]).duplicate_of.pcid == first["id"]
+    assert DuplicateKey.objects.count() == 4  # 2 keys x 2 approved leads
+    assert Lead.objects.count() == 4
