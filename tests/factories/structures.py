@@ -127,6 +127,11 @@ class LeadSetup:
 
 
 def make_lead_setup(name: str = "Acme", *, rate_limit: int = 0) -> LeadSetup:
+    if not Field.objects.filter(workspace__isnull=True).exists():
+        # A transactional test before this one flushed the tables, migrations' data too.
+        from structures.catalogue import sync_global_fields
+
+        sync_global_fields(Field)
     operator = UserFactory()
     workspace = WorkspaceFactory(name=name, slug=name.lower().replace(" ", "-"), owner=operator)
     structure = StructureFactory(workspace=workspace, name=f"{name} form")
