@@ -101,7 +101,7 @@ def test_operator_adds_a_partner_creates_a_key_and_sees_its_lead(
     history = page.locator("#history-group")
     expect(history).to_contain_text("Received from")
     expect(history).to_contain_text("approved")
-    expect(history).to_contain_text("Received from Journey Media via api.")
+    expect(history).to_contain_text("Received from Journey Media via api: approved")
 
     # For humans: the whole lead page, in a viewport as tall as the page (a full-page
     # shot of a shorter viewport draws the sticky sidebar and buttons mid-page).
