@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake clean
+.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake bench-integration clean
 
 $(BIN)/uv:
 	@$(PY) -m venv $(VENV)
@@ -51,6 +51,9 @@ lock: venv
 
 bench-intake: dev-deps
 	@source scripts/test-env.sh && $(BIN)/python bench/intake.py
+
+bench-integration: dev-deps
+	@source scripts/test-env.sh && $(BIN)/python bench/integration.py
 
 clean:
 	rm -rf var .venv

@@ -31,7 +31,7 @@ from integrations.models import (
     ResponseCapture,
     ResponseRule,
 )
-from integrations.reading import evaluate_sample
+from integrations.reading import TraceKind, evaluate_sample
 from integrations.selectors import integration_figures, recent_logs
 from integrations.templating import check_template
 from structures.admin.base import (
@@ -117,22 +117,36 @@ class RequestStepForm(forms.ModelForm):
         ]  # fmt: skip
 
     def clean_url(self) -> str:
-        url = self.cleaned_data.get("url", "").strip()
-        problems = _template_errors(url)
-        if problems:
-            raise ValidationError(problems)
-        if "{{" not in url.split("//", 1)[-1].split("/", 1)[0]:
-            # The host is fixed: refuse private and otherwise unsafe targets now, not at
-            # the first send. (Hosts built from templates are checked at send time.)
-            try:
-                outbound.check_url(url.split("{{", 1)[0] if "{{" in url else url)
-            except outbound.SSRFError as exc:
-                raise ValidationError(f"This address cannot be called: {exc.reason}") from exc
-        return url
+        return _checked_url(self.cleaned_data.get("url", ""))
+
+
+def _checked_url(url: str) -> str:
+    """A request URL as saved: valid templates, and a fixed host that may be called."""
+    url = url.strip()
+    problems = _template_errors(url)
+    if problems:
+        raise ValidationError(problems)
+    if "{{" not in url.split("//", 1)[-1].split("/", 1)[0]:
+        # The host is fixed: refuse private and otherwise unsafe targets now, not at
+        # the first send. (Hosts built from templates are checked at send time.)
+        try:
+            outbound.check_url(url.split("{{", 1)[0] if "{{" in url else url)
+        except outbound.SSRFError as exc:
+            raise ValidationError(f"This address cannot be called: {exc.reason}") from exc
+    return url
+
+
+class RequestStepRowForm(forms.ModelForm):
+    """A request as a row of its integration's page: its URL is checked like in the
+    builder (without this, the row was a way around the private-address refusal)."""
+
+    def clean_url(self) -> str:
+        return _checked_url(self.cleaned_data.get("url", ""))
 
 
 class RequestStepInline(ScopedTabularInline):
     model = RequestStep
+    form = RequestStepRowForm
     fields = ["position", "name", "meaning", "method", "url", "edit_link"]
     readonly_fields = ["edit_link"]
     show_change_link = True
@@ -176,6 +190,12 @@ class IntegrationAdmin(ScopedAdmin):
     ]
     readonly_fields = ["library_slug"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # Its requests and logs carry the workspace too: moving only the integration
+        # would leave them behind (and the builder refusing to save). Export/import moves.
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "workspace"] if obj is not None else fields
+
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (
             super().get_queryset(request).select_related("workspace")
@@ -190,8 +210,11 @@ class IntegrationAdmin(ScopedAdmin):
     def request_count(self, obj: Integration) -> int:
         return obj._requests
 
-    def save_model(self, request: HttpRequest, obj: Integration, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # After the inlines: requests typed on the add page are its requests; the empty
+        # one the builder opens on is made only when none was typed.
+        obj = form.instance
         if not change and not obj.requests.exists():
             RequestStep.objects.create(
                 workspace_id=obj.workspace_id, integration=obj, name="Request", url="https://"
@@ -496,6 +519,7 @@ class RequestStepAdmin(ScopedAdmin):
             "recent_leads": self._recent_leads(request, step),
             "masked": _masked_built(run) if run else None,
             "response_body": _response_text(run),
+            "trace": _trace_view(run.outcome) if run else None,
             "opts": self.model._meta,
             "original": step,
         }
@@ -525,6 +549,7 @@ class RequestStepAdmin(ScopedAdmin):
             "title": f"Check a sample response: {step}",
             "step": step,
             "outcome": outcome,
+            "trace": _trace_view(outcome) if outcome else None,
             "form_data": form_data,
             "opts": self.model._meta,
             "original": step,
@@ -568,6 +593,16 @@ def _masked_built(run: Any) -> dict[str, Any] | None:
         "body": outbound.mask_secrets((built.body or b"").decode("utf-8", "replace"), secrets_),
         "warnings": built.warnings,
     }
+
+
+def _trace_view(outcome: Any) -> dict[str, list[Any]]:
+    """The reader's trace split for display: conditions with each rule's verdict, the
+    captures, and the notes (which carry no verdict and must not show as a failed row)."""
+    groups: dict[str, list[Any]] = {"rules": [], "captures": [], "notes": []}
+    for entry in outcome.trace:
+        kind = {TraceKind.CAPTURE: "captures", TraceKind.NOTE: "notes"}.get(entry.kind, "rules")
+        groups[kind].append(entry)
+    return groups
 
 
 def _response_text(run: Any) -> str:
