@@ -64,6 +64,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import defusedxml
 import defusedxml.ElementTree
+import regex
 from lxml import etree
 
 from integrations import templating
@@ -82,6 +83,9 @@ from integrations.spec import (
 
 MAX_REGEX_INPUT_CHARS = 64 * 1024
 MAX_REGEX_PATTERN_LENGTH = 1_000
+# Operators' patterns run on buyers' answers with the `regex` package, which can stop a
+# search: Python's `re` cannot, and some polynomial patterns take seconds on 64 KiB.
+REGEX_TIMEOUT_SECONDS = 0.25
 MAX_XPATH_LENGTH = 1_000
 MAX_TRACE_VALUE_CHARS = 500  # a trace shows values, not whole bodies
 
@@ -423,15 +427,15 @@ def _xpath(root: Any, key: str) -> tuple[str | None, str]:
     return str(result), ""
 
 
-def _check_regex(pattern: str) -> re.Pattern[str] | str:
+def _check_regex(pattern: str) -> regex.Pattern[str] | str:
     """The compiled pattern, or why it is refused."""
     if pattern == "":
         return "the regular expression is empty"
     if len(pattern) > MAX_REGEX_PATTERN_LENGTH:
         return f"the regular expression is longer than {MAX_REGEX_PATTERN_LENGTH} characters"
     try:
-        compiled = re.compile(pattern)
-    except re.error as error:
+        compiled = regex.compile(pattern)
+    except regex.error as error:
         return f"invalid regular expression: {error}"
     if _repeats_a_repetition(pattern):
         return (
@@ -491,7 +495,10 @@ def _regex_first(pattern: str, text: str) -> tuple[str | None, str]:
     if len(text) > MAX_REGEX_INPUT_CHARS:
         text = text[:MAX_REGEX_INPUT_CHARS]
         note = f"only the first {MAX_REGEX_INPUT_CHARS} characters were searched"
-    match = compiled.search(text)
+    try:
+        match = compiled.search(text, timeout=REGEX_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return None, f"the regular expression took longer than {REGEX_TIMEOUT_SECONDS} s"
     if match is None:
         return None, note
     if compiled.groups:
@@ -585,7 +592,11 @@ def _apply(condition: Condition, value: str | None) -> tuple[bool, str]:
         compiled = _check_regex(expected)
         if isinstance(compiled, str):
             return False, compiled
-        return compiled.search(text[:MAX_REGEX_INPUT_CHARS]) is not None, ""
+        try:
+            found = compiled.search(text[:MAX_REGEX_INPUT_CHARS], timeout=REGEX_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return False, f"the regular expression took longer than {REGEX_TIMEOUT_SECONDS} s"
+        return found is not None, ""
     if operator in (Operator.BIGGER_THAN, Operator.SMALLER_THAN, Operator.BETWEEN):
         number = parse_amount(text)
         low = parse_amount(expected)
