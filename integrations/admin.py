@@ -18,6 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from unfold.decorators import display
+from unfold.widgets import UnfoldAdminTextInputWidget
 
 from integrations import outbound, portability, services
 from integrations.context import known_names, lead_context, sample_context
@@ -60,6 +61,11 @@ def _template_errors(value: str) -> list[str]:
 
 
 class TemplateValueForm(forms.ModelForm):
+    class Meta:
+        # One line per value: templates are short, and a tall text box per row made the
+        # builder page several screens long.
+        widgets = {"value": UnfoldAdminTextInputWidget(attrs={"class": "font-mono"})}
+
     def clean_value(self) -> str:
         value = self.cleaned_data.get("value", "")
         problems = _template_errors(value)
@@ -72,6 +78,7 @@ class NameValueInline(ScopedTabularInline):
     form = TemplateValueForm
     fields = ["position", "name", "value"]
     ordering = ["position", "id"]
+    hide_title = True
 
 
 class HeaderInline(NameValueInline):
@@ -88,6 +95,7 @@ class BodyInline(NameValueInline):
 
 class RuleInline(ScopedTabularInline):
     model = ResponseRule
+    hide_title = True
     fields = ["position", "source", "key_kind", "key", "operator", "value", "value2",
               "and_next", "outcome", "reason"]  # fmt: skip
     ordering = ["position", "id"]
@@ -95,6 +103,7 @@ class RuleInline(ScopedTabularInline):
 
 class CaptureInline(ScopedTabularInline):
     model = ResponseCapture
+    hide_title = True
     fields = ["position", "source", "key_kind", "key", "target", "target_name"]
     ordering = ["position", "id"]
 
