@@ -3,6 +3,8 @@ captures, and the log of every call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import models
 from django_countries.fields import CountryField
@@ -40,6 +42,13 @@ class Integration(models.Model):
         blank=True,
         help_text="The library integration this was installed from, if any.",
     )
+    config_version = models.PositiveIntegerField(
+        "configuration version",
+        default=0,
+        editable=False,
+        help_text="Bumped on every change to the integration, its requests or their rows; "
+        "each process checks it before using its cached copy of a request's configuration.",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
 
@@ -51,6 +60,19 @@ class Integration(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Never write ``config_version`` back from memory: it is the database's counter
+        (bumped with F() + 1), and a stale instance writing an older number would let a
+        later change reuse a version that processes have already cached."""
+        is_plain_update = not (args or kwargs.get("force_insert") or self._state.adding)
+        if is_plain_update and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name != "config_version"
+            ]
+        super().save(*args, **kwargs)
 
 
 class RequestStep(models.Model):

@@ -8,27 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from django.db import transaction
+from django.db import connection, transaction
 
-from integrations import outbound, secrets
+from integrations import outbound, secrets, step_cache
 from integrations.building import BuildError, BuiltRequest, build_request
 from integrations.choices import Status
 from integrations.models import Integration, RequestLog, RequestStep
 from integrations.reading import Outcome, read_response
-from integrations.spec import (
-    AuthType,
-    BodyFormat,
-    Capture,
-    CaptureTarget,
-    Condition,
-    KeyKind,
-    Method,
-    Operator,
-    OutcomeKind,
-    RequestSpec,
-    Rule,
-    Source,
-)
+from integrations.spec import RequestSpec
 from structures.models import Lead
 
 log = structlog.get_logger(__name__)
@@ -47,50 +34,20 @@ class RunResult:
     log: RequestLog | None
 
 
-def step_spec(step: RequestStep, *, with_secret: bool = True) -> RequestSpec:
-    """The pure description of a request step (decrypting its secret when asked)."""
-    rules: list[Rule] = []
-    pending: list[Condition] = []
-    for row in step.rules.all():
-        pending.append(
-            Condition(
-                source=Source(row.source), operator=Operator(row.operator),
-                key_kind=KeyKind(row.key_kind), key=row.key, value=row.value,
-                value2=row.value2,
-            )
-        )  # fmt: skip
-        if not row.and_next:
-            rules.append(Rule(tuple(pending), OutcomeKind(row.outcome), row.reason))
-            pending = []
-    if pending:  # a trailing "and next" with no next row: the last row decides
-        last = step.rules.all()[len(step.rules.all()) - 1]
-        rules.append(Rule(tuple(pending), OutcomeKind(last.outcome), last.reason))
-    secret = secrets.decrypt(step.auth_secret_encrypted) if with_secret else ""
-    return RequestSpec(
-        method=Method(step.method),
-        url=step.url,
-        body_format=BodyFormat(step.body_format),
-        headers=tuple((h.name, h.value) for h in step.headers.all()),
-        query=tuple((q.name, q.value) for q in step.query_params.all()),
-        body=tuple((b.name, b.value) for b in step.body_fields.all()),
-        xml_root=step.xml_root or "request",
-        timeout_seconds=step.timeout_seconds,
-        auth_type=AuthType(step.auth_type),
-        auth_name=step.auth_name,
-        auth_secret=secret,
-        rules=tuple(rules),
-        captures=tuple(
-            Capture(
-                source=Source(c.source),
-                key_kind=KeyKind(c.key_kind),
-                key=c.key,
-                target=CaptureTarget(c.target),
-                target_name=c.target_name,
-            )
-            for c in step.captures.all()
-        ),  # fmt: skip
-        default_outcome=OutcomeKind(step.default_outcome),
-    )
+def step_spec(
+    step: RequestStep, *, with_secret: bool = True, version: int | None = None
+) -> RequestSpec:
+    """The pure description of a request step (its secret decrypted when asked).
+
+    Served from the per-process cache (integrations.step_cache) after checking the
+    integration's ``config_version``: pass ``version`` when it was just read, otherwise
+    it is read here (one SELECT by primary key).
+    """
+    if version is None and step.integration_id is not None:
+        state = step_cache.integration_state(step.integration_id)
+        version = state[1] if state else None
+    spec = step_cache.spec_cached(step, version=version)
+    return spec if with_secret else step_cache.without_secret(spec)
 
 
 def _is_forced(context: Mapping[str, Any]) -> bool:
@@ -117,7 +74,12 @@ def request_run(
     enabled sends. ``dry_run`` never sends (preview, "run with sample values").
     """
     integration = step.integration
-    spec = step_spec(step)
+    # The status and the configuration version are read now, in one statement: an
+    # operator's change (status, header, rule, secret) applies to the very next call,
+    # whatever the caller loaded earlier.
+    state = step_cache.integration_state(step.integration_id)
+    status, version = state if state else (integration.status, None)
+    spec = step_spec(step, version=version)
     try:
         built = build_request(spec, context)
     except BuildError as exc:
@@ -125,11 +87,11 @@ def request_run(
         entry = _log(step, lead, origin, None, None, outcome, False) if write_log else None
         return RunResult(None, None, outcome, False, entry)
 
-    if integration.status == Status.DISABLED:
+    if status == Status.DISABLED:
         send, why = False, "Not sent: the integration is disabled."
     elif dry_run:
         send, why = False, "Not sent: dry run."
-    elif integration.status == Status.TEST and not (force_send or _is_forced(context)):
+    elif status == Status.TEST and not (force_send or _is_forced(context)):
         send, why = False, "Not sent: the integration is in test mode (trl_test=1 forces it)."
     else:
         send, why = True, ""
@@ -181,7 +143,7 @@ def _log(
     else:
         method, url, req_headers, req_body, resp = step.method, step.url, [], "", {}
     captured = {k: outbound.mask_secrets(str(v), secrets_) for k, v in outcome.captured.items()}
-    return RequestLog.objects.create(
+    entry = RequestLog(
         workspace_id=step.workspace_id,
         integration_id=step.integration_id,
         request_step=step,
@@ -201,6 +163,41 @@ def _log(
         error=(result.error_message or "")[:300] if result else "",
         captured=captured,
     )
+    _log_insert(entry)
+    return entry
+
+
+_LOG_FIELDS = [f for f in RequestLog._meta.concrete_fields if not f.primary_key]
+_log_insert_sql: str | None = None
+
+
+def _log_insert(entry: RequestLog) -> None:
+    """Write one log row, synchronously (a crash must not lose a logged call).
+
+    On PostgreSQL a single INSERT ... RETURNING whose text is built once per process and
+    whose values are prepared exactly as the ORM prepares them (defaults, auto_now_add,
+    JSON): ``objects.create`` spends more CPU in the ORM than PostgreSQL spends on the
+    statement, on the path of every buyer call (docs/benchmarks.md). Elsewhere, the ORM.
+    """
+    global _log_insert_sql
+    if connection.vendor != "postgresql":
+        entry.save(force_insert=True)
+        return
+    fields = _LOG_FIELDS
+    if _log_insert_sql is None:
+        q = connection.ops.quote_name
+        columns = ", ".join(q(f.column) for f in fields)
+        placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
+        _log_insert_sql = (
+            f"INSERT INTO {q(RequestLog._meta.db_table)} ({columns}) "  # noqa: S608
+            f"VALUES ({placeholders}) RETURNING {q('id')}"
+        )
+    params = [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_log_insert_sql, params)
+        entry.pk = cursor.fetchone()[0]
+    entry._state.adding = False
+    entry._state.db = connection.alias
 
 
 def request_secret_set(*, step: RequestStep, secret: str | None) -> None:
@@ -208,7 +205,12 @@ def request_secret_set(*, step: RequestStep, secret: str | None) -> None:
     if secret is None:
         return
     step.auth_secret_encrypted = secrets.encrypt(secret)
-    RequestStep.objects.filter(pk=step.pk).update(auth_secret_encrypted=step.auth_secret_encrypted)
+    with transaction.atomic():
+        RequestStep.objects.filter(pk=step.pk).update(
+            auth_secret_encrypted=step.auth_secret_encrypted
+        )
+        # update() sends no signal: bump the version here so no process keeps the old one.
+        step_cache.config_bump(integration_id=step.integration_id)
 
 
 def integration_create(
@@ -233,10 +235,12 @@ def secrets_rotate() -> int:
     """Re-encrypt every stored secret with the newest key; returns how many."""
     count = 0
     for step in RequestStep.objects.exclude(auth_secret_encrypted="").only(
-        "id", "auth_secret_encrypted"
+        "id", "integration_id", "auth_secret_encrypted"
     ):
-        RequestStep.objects.filter(pk=step.pk).update(
-            auth_secret_encrypted=secrets.rotate(step.auth_secret_encrypted)
-        )
+        with transaction.atomic():
+            RequestStep.objects.filter(pk=step.pk).update(
+                auth_secret_encrypted=secrets.rotate(step.auth_secret_encrypted)
+            )
+            step_cache.config_bump(integration_id=step.integration_id)
         count += 1
     return count
