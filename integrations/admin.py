@@ -4,8 +4,10 @@ library, import/export, request logs and figures."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from django import forms
@@ -21,6 +23,7 @@ from unfold.decorators import display
 from unfold.widgets import UnfoldAdminTextInputWidget
 
 from integrations import outbound, portability, services
+from integrations.building import BuildError, build_request
 from integrations.context import known_names, lead_context, sample_context
 from integrations.models import (
     Integration,
@@ -34,6 +37,7 @@ from integrations.models import (
 )
 from integrations.reading import TraceKind, evaluate_sample
 from integrations.selectors import integration_figures, recent_logs
+from integrations.spec import AuthType, BodyFormat, Method, RequestSpec
 from integrations.templating import check_template
 from structures.admin.base import (
     ScopedAdmin,
@@ -491,14 +495,26 @@ class RequestStepAdmin(ScopedAdmin):
         )
 
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Server-rendered fragment: the exact request from sample values or a lead."""
+        """Server-rendered fragment: the exact request from sample values or a lead.
+
+        GET renders the saved request; POST renders the builder form as it is being
+        edited (unsaved), so the preview follows every keystroke. Nothing is sent."""
         step = self._step(request, object_id)
-        context, lead, problem = self._context_for(request, step, request.GET)
-        run = services.request_run(step=step, context=context, dry_run=True, write_log=False)
+        data = request.POST if request.method == "POST" else request.GET
+        context, lead, problem = self._context_for(request, step, data)
+        spec = services.step_spec(step)
+        if request.method == "POST":
+            spec = _spec_from_form(spec, request.POST)
+        built, error = None, ""
+        try:
+            built = build_request(spec, {**context, "SECRET": spec.auth_secret})
+        except BuildError as exc:
+            error = f"Request could not be built: {exc}"
+        masked = _masked_built(SimpleNamespace(built=built)) if built else None
         return TemplateResponse(
             request, "admin/integrations/requeststep/preview.html",
-            {"run": run, "built": run.built, "lead": lead, "problem": problem,
-             "masked": _masked_built(run)},
+            {"built": built, "lead": lead, "problem": problem or error, "masked": masked,
+             "unsaved": request.method == "POST"},
         )  # fmt: skip
 
     def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -564,6 +580,55 @@ class RequestStepAdmin(ScopedAdmin):
             "original": step,
         }
         return TemplateResponse(request, "admin/integrations/requeststep/sample.html", context)
+
+
+def _form_rows(post: Any, prefix: str) -> tuple[tuple[str, str], ...]:
+    """(name, value) rows of an inline formset as posted, in their order, deleted rows
+    and empty extra rows left out."""
+    try:
+        total = min(int(post.get(f"{prefix}-TOTAL_FORMS", 0)), 500)
+    except ValueError:
+        return ()
+    rows = []
+    for i in range(total):
+        name = post.get(f"{prefix}-{i}-name", "").strip()
+        if not name or post.get(f"{prefix}-{i}-DELETE"):
+            continue
+        try:
+            position = int(post.get(f"{prefix}-{i}-position") or 0)
+        except ValueError:
+            position = 0
+        rows.append((position, i, name, post.get(f"{prefix}-{i}-value", "")))
+    return tuple((name, value) for _, _, name, value in sorted(rows))
+
+
+def _spec_from_form(spec: RequestSpec, post: Any) -> RequestSpec:
+    """The saved spec with the builder form's unsaved values on top (never the secret:
+    it is write-only and the stored one is used)."""
+
+    def choice(name: str, enum: Any, current: Any) -> Any:
+        try:
+            return enum(post.get(name, current))
+        except ValueError:
+            return current
+
+    try:
+        timeout = float(post.get("timeout_seconds", spec.timeout_seconds))
+    except ValueError:
+        timeout = spec.timeout_seconds
+    return dataclasses.replace(
+        spec,
+        method=choice("method", Method, spec.method),
+        url=post.get("url", spec.url).strip(),
+        body_format=choice("body_format", BodyFormat, spec.body_format),
+        xml_root=post.get("xml_root", spec.xml_root) or "request",
+        timeout_seconds=timeout,
+        auth_type=choice("auth_type", AuthType, spec.auth_type),
+        auth_name=post.get("auth_name", spec.auth_name),
+        headers=_form_rows(post, "headers"),
+        query=_form_rows(post, "query_params"),
+        body=_form_rows(post, "body_fields"),
+    )
 
 
 def _step_values(step: RequestStep) -> list[str]:
