@@ -79,7 +79,7 @@ def request_run(
     # whatever the caller loaded earlier.
     state = step_cache.integration_state(step.integration_id)
     status, version = state if state else (integration.status, None)
-    spec = step_spec(step, version=version)
+    spec = step_cache.spec_cached(step, version=version)
     try:
         built = build_request(spec, context)
     except BuildError as exc:
