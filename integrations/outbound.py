@@ -30,8 +30,11 @@ without any header or pool-key rewriting.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import importlib.metadata
 import ipaddress
+import itertools
+import math
 import os
 import re
 import socket
@@ -446,8 +449,8 @@ class _Exchange:
 
     A read timeout bounds each socket read, not the exchange: a server that sends one
     byte every few seconds never trips it, in the headers or the body. Shutting the
-    socket down from a timer thread unblocks whatever read or write is in progress, in
-    any phase (TLS handshake, request upload, headers, body).
+    socket down from the deadline thread (`_Watchdog`) unblocks whatever read or write is
+    in progress, in any phase (TLS handshake, request upload, headers, body).
     """
 
     def __init__(self) -> None:
@@ -476,6 +479,98 @@ class _Exchange:
     def finish(self) -> None:
         with self._lock:
             self._finished = True
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+
+class _Watchdog:
+    """One daemon thread per process that expires exchanges past their total deadline.
+
+    A ``threading.Timer`` per send cost a thread start, a cancel and two context switches
+    on every call (0.1-0.3 ms, docs/benchmarks.md). Here deadlines wait in a heap;
+    the thread sleeps on a condition until the earliest one and is woken only when a new
+    deadline is earlier than the one it sleeps towards. A finished exchange is dropped
+    from the top of the heap at once (sequential sends keep the heap near empty) and
+    ignored if met deeper down (``expire`` on a finished exchange does nothing).
+
+    Created lazily and again in a forked child (the pid is checked): a Celery prefork
+    child inherits the heap and the lock but not the thread.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Exchange]] = []
+        self._seq = itertools.count()
+        self._sleeping_until = math.inf
+        self._thread: threading.Thread | None = None
+
+    def watch(self, exchange: _Exchange, deadline: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), exchange))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="outbound-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif deadline < self._sleeping_until:
+                self._cond.notify()
+
+    def forget(self, exchange: _Exchange) -> None:
+        """After ``exchange.finish()``: drop finished exchanges from the top of the heap."""
+        with self._cond:
+            heap = self._heap
+            while heap and heap[0][2].finished:
+                heapq.heappop(heap)
+            if len(heap) > 256:  # finished ones buried under a slow exchange
+                self._heap = [entry for entry in heap if not entry[2].finished]
+                heapq.heapify(self._heap)
+
+    def _loop(self) -> None:
+        while True:
+            due: list[_Exchange] = []
+            with self._cond:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    self._sleeping_until = self._heap[0][0] if self._heap else math.inf
+                    timeout = None if not self._heap else self._sleeping_until - now
+                    self._cond.wait(timeout)
+                    self._sleeping_until = -math.inf  # awake: no need to notify
+                    continue
+            for exchange in due:
+                try:
+                    exchange.expire()
+                except Exception:  # noqa: BLE001 - the thread must outlive one bad socket
+                    log.exception("outbound_deadline_expire_failed")
+
+
+_watchdog: _Watchdog | None = None
+_watchdog_lock = threading.Lock()
+
+
+def _deadlines() -> _Watchdog:
+    global _watchdog
+    watchdog = _watchdog
+    if watchdog is None or watchdog.pid != os.getpid():
+        with _watchdog_lock:
+            if _watchdog is None or _watchdog.pid != os.getpid():
+                _watchdog = _Watchdog()
+            watchdog = _watchdog
+    return watchdog
+
+
+def _reset_after_fork() -> None:
+    # The parent's lock may have been held by another thread at fork time.
+    global _watchdog, _watchdog_lock
+    _watchdog = None
+    _watchdog_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _shutdown(connection: HTTPConnection) -> None:
@@ -643,12 +738,11 @@ def send(request: OutboundRequest) -> OutboundResult:
     """Send `request` and return what happened; network trouble is returned, not raised."""
     started = time.monotonic()
     exchange = _Exchange()
-    timer = threading.Timer(request.timeout, exchange.expire)
-    timer.daemon = True
     progress = _Progress(url=request.url)
     error: tuple[ErrorKind, ErrorCode, str] | None = None
     _local.exchange = exchange
-    timer.start()
+    watchdog = _deadlines()
+    watchdog.watch(exchange, started + request.timeout)
     try:
         _run(request, started + request.timeout, progress)
     except (
@@ -663,7 +757,7 @@ def send(request: OutboundRequest) -> OutboundResult:
         error = _classify(exc, expired=exchange.expired)
     finally:
         exchange.finish()
-        timer.cancel()
+        watchdog.forget(exchange)
         _local.exchange = None
     if error is None and exchange.expired:
         # A shut-down socket can look like a clean end of body.
