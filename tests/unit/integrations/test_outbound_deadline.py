@@ -29,14 +29,16 @@ def test_200_sequential_sends_start_no_thread(server, loopback, monkeypatch):
         original_start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", start)
-    before = threading.active_count()
+    before = set(threading.enumerate())
     counts = []
     for _ in range(200):
         assert send(OutboundRequest("GET", server.url_for("/ping"), timeout=5)).ok
         counts.append(threading.active_count())
 
     assert started == []
-    assert max(counts) == min(counts) == before
+    assert set(threading.enumerate()) - before == set()
+    # Flat: never above the start (threads of earlier tests may still be ending).
+    assert max(counts) <= len(before)
 
 
 def test_finished_exchanges_do_not_pile_up_in_the_heap(server, loopback):
