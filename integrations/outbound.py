@@ -30,6 +30,7 @@ without any header or pool-key rewriting.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import importlib.metadata
 import ipaddress
@@ -249,12 +250,23 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     A secret placed in a query string arrives percent-encoded, so the plain form alone
     would miss it. Longest first, so a secret containing another is masked whole.
     """
+    if not text:
+        return text
+    for variant in _mask_variants(tuple(secrets)):
+        if variant in text:
+            text = text.replace(variant, _MASK)
+    return text
+
+
+@functools.lru_cache(maxsize=256)
+def _mask_variants(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Each secret with its URL-encoded forms, longest first; computed once per set of
+    secrets (a call masks ~27 texts with the same ones). Holds only what the step cache
+    and the send already hold in memory."""
     variants = {
         form for secret in secrets if secret for form in (secret, quote(secret), quote_plus(secret))
     }
-    for variant in sorted(variants, key=len, reverse=True):
-        text = text.replace(variant, _MASK)
-    return text
+    return tuple(sorted(variants, key=len, reverse=True))
 
 
 def mask_url(url: str, secrets: Iterable[str] = ()) -> str:
