@@ -81,7 +81,9 @@ def request_run(
     status, version = state if state else (integration.status, None)
     spec = step_cache.spec_cached(step, version=version)
     try:
-        built = build_request(spec, context)
+        # {{SECRET}} places the stored secret anywhere (e.g. a webhook URL's path); it is
+        # in the spec's secrets, so every log masks it.
+        built = build_request(spec, {**context, "SECRET": spec.auth_secret})
     except BuildError as exc:
         outcome = Outcome.error(f"Request could not be built: {exc}")
         entry = _log(step, lead, origin, None, None, outcome, False) if write_log else None

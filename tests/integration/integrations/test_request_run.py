@@ -194,3 +194,12 @@ def test_figures_count_rates_and_times(lead_setup, step):
     assert figures["success_rate"] == 75.0 and figures["rejection_rate"] == 25.0
     assert figures["p95_ms"] is not None and figures["avg_ms"] is not None
     assert figures["days"][-1]["total"] == 4
+
+
+def test_secret_placeholder_reaches_the_url_and_never_the_log(lead_setup, step, buyer):
+    RequestStep.objects.filter(pk=step.pk).update(url=buyer.url_for("/leads") + "?k={{SECRET}}")
+    step.refresh_from_db()
+    lead = _lead(lead_setup)
+    run = services.request_run(step=step, context=lead_context(lead), lead=lead)
+    assert run.was_sent and buyer.log[-1][0].args["k"] == SECRET
+    assert SECRET not in RequestLog.objects.get().url
