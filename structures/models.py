@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 import zoneinfo
 
@@ -609,7 +608,3 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return self.key
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(24)

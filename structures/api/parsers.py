@@ -8,7 +8,7 @@ from typing import IO, Any
 from django.conf import settings
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
-from rest_framework.parsers import BaseParser, FormParser
+from rest_framework.parsers import BaseParser
 
 
 class PayloadTooLarge(APIException):
@@ -55,8 +55,3 @@ class CappedJSONParser(BaseParser):
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
-
-
-class CappedFormParser(FormParser):
-    """x-www-form-urlencoded; Django enforces DATA_UPLOAD_MAX_MEMORY_SIZE, mapped to 413
-    by the exception handler."""

@@ -7,15 +7,14 @@ from typing import Any
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.exceptions import ParseError
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from structures import hooks, services
 from structures.api.authentication import PartnerAPIKeyAuthentication
-from structures.api.parsers import CappedFormParser, CappedJSONParser
+from structures.api.parsers import CappedJSONParser
 from structures.api.serializers import (
     ErrorSerializer,
     LeadDetailSerializer,
@@ -27,13 +26,13 @@ from structures.choices import LeadSource
 from structures.exceptions import LeadInvalid
 from structures.selectors import leads_for_partner
 
-API_KEY_AUTH = [{"ApiKeyAuth": []}]
-
 
 class PartnerAPIView(APIView):
     authentication_classes = [PartnerAPIKeyAuthentication]
     throttle_classes = [APIKeyRateThrottle]
-    parser_classes = [CappedJSONParser, CappedFormParser, MultiPartParser]
+    # Form and multipart bodies: Django enforces DATA_UPLOAD_MAX_MEMORY_SIZE on them, and
+    # the exception handler answers 413.
+    parser_classes = [CappedJSONParser, FormParser, MultiPartParser]
 
 
 def _payload(request: Request) -> dict[str, Any]:
@@ -90,10 +89,7 @@ class LeadCreateView(PartnerAPIView):
                 "Bad Idempotency-Key.",
                 errors={"Idempotency-Key": ["1 to 255 printable characters."]},
             )
-        try:
-            payload = _payload(request)
-        except ParseError:
-            raise
+        payload = _payload(request)
         result = services.lead_intake(
             api_key=request.auth,
             payload=payload,
