@@ -369,17 +369,7 @@ def lead_intake(
             pass
     try:
         with transaction.atomic():
-            result = _lead_save(
-                workspace=workspace,
-                partner=partner,
-                structure=structure,
-                values=values,
-                extras=extras,
-                source=source,
-                ip=ip,
-                pending=pending,
-                actor=f"key {api_key.prefix}",
-            )
+            result = save()
             if idempotency_key:
                 IdempotencyRecord.objects.create(
                     api_key=api_key,
@@ -389,8 +379,9 @@ def lead_intake(
                     response=result.body,
                 )
     except IntegrityError:
-        # Only the idempotency row can conflict here (duplicate keys have their own
-        # savepoint): a concurrent request with the same key won; answer as it did.
+        # Only the idempotency row can conflict here (duplicate keys are claimed with
+        # ON CONFLICT DO NOTHING): a concurrent request with the same key won; answer as
+        # it did.
         if idempotency_key:
             replay = _idempotent_replay(
                 api_key=api_key, key=idempotency_key, request_hash=request_hash
