@@ -182,3 +182,38 @@ def test_healthz_checks_database_and_broker(client):
     response = client.get("/healthz")
     assert response.status_code == 200, response.content
     assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_with_one_idempotency_key_make_one_lead():
+    import threading
+
+    from django.db import connection
+
+    from tests.factories.structures import make_lead_setup
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the in-memory SQLite test database cannot serve threads; CI uses PostgreSQL")
+    setup = make_lead_setup("Retries")
+    body = json.dumps(setup.valid_payload())
+    barrier = threading.Barrier(10)
+    answers: list[tuple[int, str]] = []
+
+    def retry() -> None:
+        try:
+            client = Client()
+            barrier.wait()
+            response = client.post(URL, body, content_type="application/json",
+                                   HTTP_IDEMPOTENCY_KEY="order-77", **setup.auth)  # fmt: skip
+            answers.append((response.status_code, response.json()["id"]))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=retry) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 10 and {code for code, _ in answers} == {201}
+    assert len({pcid for _, pcid in answers}) == 1
+    assert Lead.objects.count() == 1 and IdempotencyRecord.objects.count() == 1
