@@ -127,3 +127,29 @@ def test_decision_happens_once(lead_setup, policy):
     lead.refresh_from_db()
     assert lead.status == "rejected"
     assert lead.history.filter(kind__in=["approved", "rejected"]).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broker_down_at_intake_loses_nothing(client, monkeypatch):
+    """The lead is a row before the partner hears "accepted"; a task that cannot be queued
+    is re-driven from the database by the sweeper."""
+    from kombu.exceptions import OperationalError
+
+    from structures import tasks
+    from tests.factories.structures import make_lead_setup
+
+    setup = make_lead_setup("BrokerDown")
+    RefusalPolicy.objects.filter(workspace=setup.workspace).update(is_enabled=True)
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("broker unreachable")
+
+    monkeypatch.setattr(tasks.lead_process_task, "delay", broker_down)
+    response = post(client, setup, setup.valid_payload())
+    assert response.status_code == 201 and response.json()["status"] == "pending"
+    lead = Lead.objects.get(pcid=response.json()["id"])
+    monkeypatch.undo()
+    with time_machine.travel(timezone.now() + timedelta(minutes=1)):
+        assert services.leads_sweep() == 1
+    lead.refresh_from_db()
+    assert lead.status == "approved"
