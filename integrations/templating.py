@@ -54,6 +54,7 @@ import base64
 import binascii
 import calendar
 import enum
+import functools
 import hashlib
 import inspect
 import re
@@ -1028,7 +1029,21 @@ def _problem(template: str, code: str, message: str, position: int) -> Problem:
 
 
 def _parse(template: str) -> tuple[list[str | _Expression], list[Problem]]:
-    """Split a template into literal text and expressions, collecting every problem."""
+    """Split a template into literal text and expressions, collecting every problem.
+
+    Parsed once per process and template text: the same few templates render for every
+    lead (the parsed nodes are immutable; callers get fresh lists)."""
+    nodes, problems = _parse_cached(template)
+    return list(nodes), list(problems)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse_cached(template: str) -> tuple[tuple[str | _Expression, ...], tuple[Problem, ...]]:
+    nodes, problems = _parse_uncached(template)
+    return tuple(nodes), tuple(problems)
+
+
+def _parse_uncached(template: str) -> tuple[list[str | _Expression], list[Problem]]:
     if len(template) > MAX_TEMPLATE_LENGTH:
         message = f"template is {len(template)} characters long; the limit is {MAX_TEMPLATE_LENGTH}"
         return [], [_problem(template, "limit", message, MAX_TEMPLATE_LENGTH)]
