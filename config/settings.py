@@ -208,6 +208,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SWEEPER_INTERVAL_SECONDS,
         "options": {"expires": max(SWEEPER_INTERVAL_SECONDS * 2, 10)},
     },
+    "engine-sweep": {
+        "task": "integrations.sweep",
+        "schedule": SWEEPER_INTERVAL_SECONDS,
+        "options": {"expires": max(SWEEPER_INTERVAL_SECONDS * 2, 10)},
+    },
 }
 
 # --- Leadrelay ----------------------------------------------------------------------------

@@ -330,3 +330,6 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.url[:60]} -> {self.outcome}"
+
+
+from integrations.models_engine import *  # noqa: F403,E402

@@ -1,0 +1,421 @@
+"""Writes of the scenario engine: start a run, execute one step, drive a run in-process
+with a deadline, sweep what is due or was lost.
+
+How a step runs exactly once:
+
+1. claim: ``UPDATE ... SET status=running WHERE id=%s AND status=pending AND due_at<=now``;
+   0 rows means someone else has it (a duplicate delivery) or it is not due;
+2. execute the element (a request's HTTP call happens outside any transaction);
+3. record: in one transaction holding the run's row lock, finish the step only if it is
+   still ours (``status=running AND attempt=<ours>``: the sweeper may have handed it to
+   another worker after our lease ran out), merge variables, schedule the next steps
+   (a unique constraint makes "the same child of the same parent" impossible twice) and
+   finish the run when nothing is pending or running any more.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from integrations import services, templating
+from integrations.context import lead_context
+from integrations.engine.conditions import conditions_hold
+from integrations.engine.waits import WaitConfigError, wait_until
+from integrations.models import Connection, Element, Integration, RunStep, ScenarioRun
+from structures.models import Lead
+
+log = structlog.get_logger(__name__)
+
+# A running step whose worker has not reported for this long is presumed dead and
+# handed out again. Longer than any request timeout (120 s at most) would be safest for
+# buyers that must not see a request twice; 60 s + the request's own timeout is used.
+LEASE_SECONDS = 60
+# A task sent for a pending due step is sent again by the sweeper after this long.
+REQUEUE_GRACE_SECONDS = 30
+# A step handed out this many times (each time its worker died) fails the run.
+MAX_ATTEMPTS = 5
+BREAKER_REASON = "breaker limit reached"
+LOST_REASON = "the worker running this step was lost too often"
+FAILING_KINDS = ("error", "timeout")
+
+Kind = Element.Kind
+StepStatus = RunStep.Status
+RunStatus = ScenarioRun.Status
+
+
+class EngineError(Exception):
+    """A run cannot be started or continued as asked."""
+
+
+@dataclass
+class _Effect:
+    """What executing one element did, applied under the run's lock."""
+
+    outcome: dict[str, Any]
+    variables: dict[str, Any] = field(default_factory=dict)
+    due_at: datetime | None = None  # waits: when the next steps are due
+    stop_reason: str = ""  # breaker: the branch stops and the run fails
+    failed: bool = False
+    lead_fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _timezone_name(run: ScenarioRun) -> str:
+    if run.lead_id is not None:
+        return run.lead.workspace.timezone
+    return run.integration.workspace.timezone
+
+
+def _outcome_dict(outcome: Any) -> dict[str, Any]:
+    return {
+        "kind": str(outcome.kind),
+        "reason": outcome.reason,
+        "captured": dict(outcome.captured),
+    }
+
+
+# --- starting -----------------------------------------------------------------------------
+
+
+def run_start(
+    *,
+    integration: Integration,
+    lead: Lead | None = None,
+    meaning: str = "post",
+    variables: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    trigger: str = "default",
+) -> ScenarioRun:
+    """Create a run and a step due now for each matching start element (same step
+    meaning and trigger: ``default`` or ``action``). Nothing is dispatched here: the
+    caller drives it (run_drive), enqueues the steps, or leaves them to the sweeper."""
+    starts = [
+        element
+        for element in integration.elements.filter(kind=Kind.START, meaning=meaning)
+        if str(element.config.get("trigger") or "default") == trigger
+    ]
+    if not starts:
+        raise EngineError(
+            f"The integration {integration.name!r} has no {trigger} start for {meaning!r}."
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        run = ScenarioRun.objects.create(
+            workspace_id=integration.workspace_id,
+            integration=integration,
+            lead=lead,
+            meaning=meaning,
+            variables=dict(variables or {}),
+            is_dry_run=dry_run,
+        )
+        RunStep.objects.bulk_create(
+            RunStep(workspace_id=integration.workspace_id, run=run, element=element, due_at=now)
+            for element in starts
+        )
+    log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk, starts=len(starts))
+    return run
+
+
+# --- one step -----------------------------------------------------------------------------
+
+
+def step_execute(*, step_id: int) -> list[int]:
+    """Claim, execute and record one step; return the ids of the next steps that are due
+    now (the caller runs or enqueues them). ``[]`` when the step is not ours to run."""
+    now = timezone.now()
+    claimed = RunStep.objects.filter(pk=step_id, status=StepStatus.PENDING, due_at__lte=now).update(
+        status=StepStatus.RUNNING, claimed_at=now, started_at=now
+    )
+    if not claimed:
+        return []
+    step = RunStep.objects.select_related(
+        "run__integration__workspace",
+        "run__lead__workspace",
+        "element__request_step",
+        "element__mirror_of__request_step",
+    ).get(pk=step_id)
+    run = step.run
+    if run.status in ScenarioRun.FINISHED:
+        RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(
+            status=StepStatus.SKIPPED, finished_at=timezone.now()
+        )
+        return []
+    started = time.monotonic()
+    effect = None
+    if _acting(step.element).kind == Kind.REQUEST:
+        effect = _request_effect(step, run)  # the HTTP call, outside any transaction
+    with transaction.atomic():
+        run = ScenarioRun.objects.select_for_update().get(pk=run.pk)
+        if effect is None:
+            effect = _tool_effect(step, run)
+        return _record(step, run, effect, started)
+
+
+def _acting(element: Element) -> Element:
+    """The element whose settings apply: a mirror's master, otherwise itself."""
+    if element.kind == Kind.MIRROR and element.mirror_of is not None:
+        return element.mirror_of
+    return element
+
+
+def _context(step: RunStep, run: ScenarioRun) -> dict[str, Any]:
+    return lead_context(run.lead, variables=run.variables)
+
+
+def _request_effect(step: RunStep, run: ScenarioRun) -> _Effect:
+    element = _acting(step.element)
+    result = services.request_run(
+        step=element.request_step,
+        context=_context(step, run),
+        lead=run.lead,
+        origin="scenario",
+        dry_run=run.is_dry_run,
+    )
+    outcome = result.outcome
+    return _Effect(
+        outcome=_outcome_dict(outcome),
+        variables=dict(outcome.variables),
+    )
+
+
+def _tool_effect(step: RunStep, run: ScenarioRun) -> _Effect:
+    """Every element but a request; runs under the run's lock (counters, variables)."""
+    element = _acting(step.element)
+    config = element.config or {}
+    # Tools and flow control pass the previous outcome on, so a connection after a wait
+    # can still branch on what the request before it answered.
+    outcome = dict(step.input.get("outcome") or {"kind": "", "reason": "", "captured": {}})
+    effect = _Effect(outcome=outcome)
+    kind = element.kind
+    try:
+        if kind in (Kind.MODIFY_FIELD, Kind.SET_VARIABLE):
+            name = str(config.get("field") if kind == Kind.MODIFY_FIELD else config.get("name"))
+            value = templating.render_value(str(config.get("template") or ""), _context(step, run))
+            if value is not templating.DO_NOT_SEND:
+                effect.variables[name] = value
+                if kind == Kind.MODIFY_FIELD:
+                    effect.lead_fields[name] = value
+        elif kind == Kind.SET_EVENT:
+            name = str(config.get("name") or "event")
+            count = int(run.counters.get(f"event:{name}", 0)) + int(config.get("increment", 1))
+            run.counters[f"event:{name}"] = count
+            effect.variables[name] = count
+        elif kind == Kind.WAIT:
+            effect.due_at = wait_until(
+                config=config, now=timezone.now(), tz_name=_timezone_name(run)
+            )
+        elif kind in (Kind.BREAKER, Kind.REPEATER):
+            key = f"visits:{step.element_id}"
+            visits = int(run.counters.get(key, 0)) + 1
+            run.counters[key] = visits
+            limit = config.get("limit")
+            # The first pass counts: a limit of 4 lets 4 passes through and stops the 5th.
+            if kind == Kind.BREAKER and limit is not None and visits > int(limit):
+                effect.stop_reason = BREAKER_REASON
+    except (templating.TemplateError, WaitConfigError, TypeError, ValueError) as exc:
+        effect.outcome = {"kind": "error", "reason": f"{element.name}: {exc}", "captured": {}}
+        effect.failed = True
+    return effect
+
+
+def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) -> list[int]:
+    """Finish the step (if still ours), schedule the next ones, maybe finish the run."""
+    now = timezone.now()
+    output: dict[str, Any] = {"outcome": effect.outcome}
+    if effect.variables:
+        output["variables"] = effect.variables
+    run.variables.update(effect.variables)
+    next_elements: list[Element] = []
+    if effect.stop_reason:
+        output["stopped"] = effect.stop_reason
+        run.reason = effect.stop_reason
+    elif not effect.failed:
+        context = lead_context(run.lead, variables=run.variables)
+        for connection in Connection.objects.filter(from_element_id=step.element_id).order_by(
+            "position", "id"
+        ):
+            if conditions_hold(
+                connection.conditions or [],
+                outcome=effect.outcome,
+                variables=run.variables,
+                context=context,
+            ):
+                next_elements.append(connection.to_element)
+        if not next_elements:
+            output["ended"] = "no connection matched" if _has_outgoing(step) else "end"
+    finished = RunStep.objects.filter(
+        pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt
+    ).update(
+        status=StepStatus.FAILED if effect.failed or effect.stop_reason else StepStatus.DONE,
+        output=output,
+        finished_at=now,
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+    if not finished:
+        # Our lease ran out and the sweeper handed the step to another worker: its result
+        # is the one that counts. Nothing of ours is written.
+        log.warning("engine.step_lost_lease", step_id=step.pk, attempt=step.attempt)
+        transaction.set_rollback(True)
+        return []
+    if effect.lead_fields and run.lead_id is not None and not run.is_dry_run:
+        lead = Lead.objects.select_for_update().get(pk=run.lead_id)
+        lead.data.update(effect.lead_fields)
+        Lead.objects.filter(pk=lead.pk).update(data=lead.data)
+    due_at = effect.due_at or now
+    due_now = due_at <= now
+    RunStep.objects.bulk_create(
+        [
+            RunStep(
+                workspace_id=run.workspace_id,
+                run=run,
+                element=element,
+                parent_step=step,
+                due_at=due_at,
+                enqueued_at=now if due_now else None,
+                input={"outcome": effect.outcome},
+            )
+            for element in next_elements
+        ],
+        ignore_conflicts=True,
+    )
+    _run_settle(run=run, last_outcome=effect.outcome, now=now, failed=effect.failed)
+    if not due_now:
+        return []
+    return list(
+        RunStep.objects.filter(parent_step=step, status=StepStatus.PENDING, due_at__lte=now)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
+def _has_outgoing(step: RunStep) -> bool:
+    return Connection.objects.filter(from_element_id=step.element_id).exists()
+
+
+def _run_settle(
+    *, run: ScenarioRun, last_outcome: dict[str, Any], now: datetime, failed: bool
+) -> None:
+    """Under the run's lock: finished when nothing is pending or running, waiting when
+    all that is left is due later, running otherwise."""
+    live = RunStep.objects.filter(run=run, status__in=(StepStatus.PENDING, StepStatus.RUNNING))
+    if not live.exists():
+        if run.reason == BREAKER_REASON:
+            run.status = RunStatus.FAILED
+        elif failed or (last_outcome.get("kind") in FAILING_KINDS and not run.is_dry_run):
+            run.status = RunStatus.FAILED
+            run.reason = str(last_outcome.get("reason") or "")[:500]
+        else:
+            run.status = RunStatus.SUCCEEDED
+        run.finished_at = now
+    elif not live.filter(Q(status=StepStatus.RUNNING) | Q(due_at__lte=now)).exists():
+        run.status = RunStatus.WAITING
+    else:
+        run.status = RunStatus.RUNNING
+    run.save(update_fields=["status", "reason", "variables", "counters", "finished_at"])
+
+
+# --- drivers ------------------------------------------------------------------------------
+
+
+def run_drive(*, run_id: int, deadline_seconds: float, hand_off: bool = True) -> ScenarioRun:
+    """Execute the run's due steps in this process until none is due or the deadline
+    passes (a partner waiting synchronously). What is left continues on the workers: due
+    steps are enqueued after commit (``hand_off``), later ones wait for the sweeper."""
+    from integrations.tasks import step_execute_task
+
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        due = list(
+            RunStep.objects.filter(
+                run_id=run_id, status=StepStatus.PENDING, due_at__lte=timezone.now()
+            )
+            .order_by("due_at", "id")
+            .values_list("id", flat=True)[:50]
+        )
+        if not due:
+            break
+        for step_id in due:
+            if time.monotonic() >= deadline:
+                break
+            step_execute(step_id=step_id)
+    if hand_off:
+        left = list(
+            RunStep.objects.filter(
+                run_id=run_id, status=StepStatus.PENDING, due_at__lte=timezone.now()
+            ).values_list("id", flat=True)
+        )
+        RunStep.objects.filter(pk__in=left).update(enqueued_at=timezone.now())
+        for step_id in left:
+            transaction.on_commit(lambda s=step_id: step_execute_task.delay(s))
+    return ScenarioRun.objects.get(pk=run_id)
+
+
+def engine_sweep(*, limit: int = 500) -> int:
+    """Wake pending steps that are due and not queued recently, and hand out again the
+    running steps whose worker stopped reporting (lease expired), each by a conditional
+    UPDATE so two sweepers never queue one twice. Returns how many tasks were sent."""
+    from integrations.tasks import step_execute_task
+
+    now = timezone.now()
+    queued = 0
+    stale = now - timedelta(seconds=LEASE_SECONDS)
+    for step_id, claimed_at, attempt in (
+        RunStep.objects.filter(status=StepStatus.RUNNING, claimed_at__lt=stale)
+        .order_by("claimed_at")
+        .values_list("id", "claimed_at", "attempt")[:limit]
+    ):
+        if attempt >= MAX_ATTEMPTS:
+            _step_abandon(step_id=step_id, claimed_at=claimed_at)
+            continue
+        handed = RunStep.objects.filter(
+            pk=step_id, status=StepStatus.RUNNING, claimed_at=claimed_at
+        ).update(
+            status=StepStatus.PENDING, attempt=attempt + 1, claimed_at=None, enqueued_at=now,
+            due_at=now,
+        )  # fmt: skip
+        if handed:
+            log.warning("engine.step_redriven", step_id=step_id, attempt=attempt + 1)
+            step_execute_task.delay(step_id)
+            queued += 1
+    grace = now - timedelta(seconds=REQUEUE_GRACE_SECONDS)
+    for step_id, enqueued_at in (
+        RunStep.objects.filter(status=StepStatus.PENDING, due_at__lte=now)
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=grace))
+        .order_by("due_at")
+        .values_list("id", "enqueued_at")[:limit]
+    ):
+        woken = RunStep.objects.filter(
+            pk=step_id, status=StepStatus.PENDING, enqueued_at=enqueued_at
+        ).update(enqueued_at=now)
+        if woken:
+            step_execute_task.delay(step_id)
+            queued += 1
+    return queued
+
+
+def _step_abandon(*, step_id: int, claimed_at: datetime) -> None:
+    """A step whose worker died MAX_ATTEMPTS times: fail it, and the run with it."""
+    with transaction.atomic():
+        step = RunStep.objects.select_related("run").get(pk=step_id)
+        run = ScenarioRun.objects.select_for_update().get(pk=step.run_id)
+        failed = RunStep.objects.filter(
+            pk=step_id, status=StepStatus.RUNNING, claimed_at=claimed_at
+        ).update(
+            status=StepStatus.FAILED,
+            finished_at=timezone.now(),
+            output={"outcome": {"kind": "error", "reason": LOST_REASON}},
+        )
+        if failed:
+            _run_settle(
+                run=run,
+                last_outcome={"kind": "error", "reason": LOST_REASON},
+                now=timezone.now(),
+                failed=True,
+            )

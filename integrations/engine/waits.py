@@ -1,0 +1,84 @@
+"""When a wait element lets the run go on: pure functions of the current time, the
+element's settings and the workspace time zone. Nothing sleeps: the next step is a
+pending row due at the returned time."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Mapping
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+
+MODES = ("delay", "until", "within_hours", "next_working_day", "weekday")
+
+
+class WaitConfigError(ValueError):
+    """The wait element's settings cannot be read."""
+
+
+def _hour(value: Any, default: int) -> time:
+    """``9``, ``"9"``, ``"09:30"`` -> a time of day."""
+    if value in (None, ""):
+        return time(default)
+    text = str(value).strip()
+    try:
+        if ":" in text:
+            hours, minutes = text.split(":", 1)
+            return time(int(hours), int(minutes))
+        return time(int(text))
+    except ValueError as exc:
+        raise WaitConfigError(f"not an hour: {value!r}") from exc
+
+
+def _at_local(day: datetime, at: time, tz: zoneinfo.ZoneInfo) -> datetime:
+    return datetime.combine(day.date(), at, tzinfo=tz)
+
+
+def wait_until(*, config: Mapping[str, Any], now: datetime, tz_name: str) -> datetime:
+    """The time the next step is due (``now`` when there is nothing to wait for)."""
+    tz = zoneinfo.ZoneInfo(tz_name or "UTC")
+    mode = str(config.get("mode") or "delay")
+    local = now.astimezone(tz)
+    if mode == "delay":
+        try:
+            seconds = float(config.get("seconds") or 0)
+        except (TypeError, ValueError) as exc:
+            raise WaitConfigError(f"not a number of seconds: {config.get('seconds')!r}") from exc
+        return now + timedelta(seconds=max(seconds, 0))
+    if mode == "until":
+        at = parse_datetime(str(config.get("at") or ""))
+        if at is None:
+            raise WaitConfigError(f"not a date and time: {config.get('at')!r}")
+        if at.tzinfo is None:  # an operator's wall-clock time, in the workspace's zone
+            at = at.replace(tzinfo=tz)
+        return max(at, now)
+    if mode == "within_hours":
+        opens, closes = _hour(config.get("from_hour"), 9), _hour(config.get("to_hour"), 17)
+        if opens <= local.time() < closes:
+            return now
+        opening = _at_local(local, opens, tz)
+        if local.time() >= closes:
+            opening = _at_local(local + timedelta(days=1), opens, tz)
+        return opening.astimezone(UTC)
+    if mode == "next_working_day":
+        opens = _hour(config.get("from_hour"), 9)
+        day = local + timedelta(days=1)
+        while day.weekday() >= 5:  # Saturday, Sunday
+            day += timedelta(days=1)
+        return _at_local(day, opens, tz).astimezone(UTC)
+    if mode == "weekday":
+        try:
+            weekday = int(config.get("weekday"))  # 0 Monday ... 6 Sunday
+        except (TypeError, ValueError) as exc:
+            raise WaitConfigError(f"not a weekday (0-6): {config.get('weekday')!r}") from exc
+        if not 0 <= weekday <= 6:
+            raise WaitConfigError(f"not a weekday (0-6): {weekday}")
+        opens = _hour(config.get("from_hour"), 0)
+        days = (weekday - local.weekday()) % 7
+        candidate = _at_local(local + timedelta(days=days), opens, tz)
+        if candidate <= local:
+            candidate = _at_local(local + timedelta(days=days or 7), opens, tz)
+        return candidate.astimezone(UTC)
+    raise WaitConfigError(f"unknown wait mode {mode!r}; use one of {', '.join(MODES)}")

@@ -1,0 +1,288 @@
+"""The scenario engine's data: the elements of an integration's graph, the connections
+between them, and the durable runs with one row per executed (or scheduled) step.
+
+A run never lives in a worker's memory: its position is the set of ``RunStep`` rows that
+are pending or running, waiting is a pending row with a future ``due_at``, and the
+sweeper (integrations.engine.engine_sweep) wakes what is due and re-drives what a dead
+worker left behind. Imported at the bottom of integrations/models.py.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from integrations.choices import Meaning
+
+__all__ = ["Connection", "Element", "RunStep", "ScenarioRun"]
+
+
+class Element(models.Model):
+    """One node of an integration's scenario: a start, a request, a tool (modify field,
+    set variable, set event, mirror) or flow control (wait, repeater, breaker)."""
+
+    class Kind(models.TextChoices):
+        START = "start", "Start"
+        REQUEST = "request", "Request"
+        MODIFY_FIELD = "modify_field", "Modify field"
+        SET_VARIABLE = "set_variable", "Set variable"
+        SET_EVENT = "set_event", "Set event"
+        MIRROR = "mirror", "Mirror"
+        WAIT = "wait", "Wait"
+        REPEATER = "repeater", "Repeater"
+        BREAKER = "breaker", "Breaker"
+
+    workspace = models.ForeignKey(
+        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+    )
+    integration = models.ForeignKey(
+        "integrations.Integration",
+        on_delete=models.CASCADE,
+        related_name="elements",
+        verbose_name="integration",
+    )
+    name = models.CharField("name", max_length=120)
+    position = models.PositiveIntegerField("order", default=0)
+    kind = models.CharField(
+        "kind",
+        max_length=14,
+        choices=Kind.choices,
+        help_text="What the element does when the run reaches it.",
+    )
+    meaning = models.CharField(
+        "step meaning",
+        max_length=20,
+        choices=Meaning.choices,
+        default=Meaning.POST,
+        help_text="Starts only: which entry point this is (ping, post, post verification).",
+    )
+    request_step = models.ForeignKey(
+        "integrations.RequestStep",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="elements",
+        verbose_name="request",
+        help_text="Requests only: the request this element sends.",
+    )
+    mirror_of = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="mirrors",
+        verbose_name="mirror of",
+        help_text="Mirrors only: the master element whose settings this one uses.",
+    )
+    config = models.JSONField(
+        "settings",
+        default=dict,
+        blank=True,
+        help_text="Per kind. start: {trigger: default|action, action}; modify field: "
+        "{field, template}; set variable: {name, template}; set event: {name, increment}; "
+        "wait: {mode: delay|until|within_hours|next_working_day|weekday, seconds, at, "
+        "from_hour, to_hour, weekday}; breaker: {limit}.",
+    )
+
+    class Meta:
+        ordering = ["integration", "position", "id"]
+        verbose_name = "scenario element"
+        indexes = [models.Index(fields=["integration", "kind"], name="element_integration_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    def clean(self) -> None:
+        if self.integration_id and self.workspace_id != self.integration.workspace_id:
+            raise ValidationError("The element must belong to its integration's workspace.")
+        if self.kind == self.Kind.REQUEST and self.request_step_id is None:
+            raise ValidationError({"request_step": "A request element needs a request."})
+        if self.request_step_id and self.request_step.integration_id != self.integration_id:
+            raise ValidationError({"request_step": "The request belongs to another integration."})
+        if self.kind == self.Kind.MIRROR:
+            if self.mirror_of_id is None:
+                raise ValidationError({"mirror_of": "A mirror needs a master element."})
+            if self.mirror_of.kind in (self.Kind.MIRROR, self.Kind.START):
+                raise ValidationError({"mirror_of": "Mirror a tool, a request or a wait."})
+            if self.mirror_of.workspace_id != self.workspace_id:
+                raise ValidationError({"mirror_of": "The master is in another workspace."})
+
+
+class Connection(models.Model):
+    """An arrow from one element to the next. Its conditions look at what the previous
+    element produced (outcome, captured values, variables, lead fields); all must hold
+    (AND); none means always. An element may branch to several connections."""
+
+    workspace = models.ForeignKey(
+        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+    )
+    integration = models.ForeignKey(
+        "integrations.Integration",
+        on_delete=models.CASCADE,
+        related_name="connections",
+        verbose_name="integration",
+    )
+    from_element = models.ForeignKey(
+        Element, on_delete=models.CASCADE, related_name="outgoing", verbose_name="from"
+    )
+    to_element = models.ForeignKey(
+        Element, on_delete=models.CASCADE, related_name="incoming", verbose_name="to"
+    )
+    position = models.PositiveIntegerField("order", default=0)
+    conditions = models.JSONField(
+        "conditions",
+        default=list,
+        blank=True,
+        help_text="A list of {source, key_kind, key, operator, value, value2}; sources: "
+        "outcome, reason, captured, variable, field, constant. Empty: always.",
+    )
+
+    class Meta:
+        ordering = ["from_element", "position", "id"]
+        verbose_name = "scenario connection"
+
+    def __str__(self) -> str:
+        return f"{self.from_element_id} -> {self.to_element_id}"
+
+    def clean(self) -> None:
+        for element in (self.from_element, self.to_element):
+            if element.integration_id != self.integration_id:
+                raise ValidationError("Both ends must be elements of this integration.")
+
+
+class ScenarioRun(models.Model):
+    """One execution of an integration's scenario for one lead or event: its variables,
+    its counters and its status. Its position is its pending and running steps."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        WAITING = "waiting", "Waiting"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        TIMED_OUT = "timed_out", "Timed out"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED)
+
+    workspace = models.ForeignKey(
+        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+    )
+    integration = models.ForeignKey(
+        "integrations.Integration",
+        on_delete=models.CASCADE,
+        related_name="runs",
+        verbose_name="integration",
+    )
+    lead = models.ForeignKey(
+        "structures.Lead",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="lead",
+    )
+    status = models.CharField(
+        "status", max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True
+    )
+    meaning = models.CharField(
+        "step meaning", max_length=20, choices=Meaning.choices, default=Meaning.POST
+    )
+    variables = models.JSONField(
+        "variables", default=dict, blank=True, help_text="Values set or captured so far."
+    )
+    counters = models.JSONField(
+        "counters",
+        default=dict,
+        blank=True,
+        help_text="Visits per element (breakers, repeaters) and event counters.",
+    )
+    is_dry_run = models.BooleanField(
+        "dry run", default=False, help_text="Nothing is sent; requests are only rendered."
+    )
+    reason = models.CharField("reason", max_length=500, blank=True)
+    created_at = models.DateTimeField("started", auto_now_add=True)
+    finished_at = models.DateTimeField("finished", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "scenario run"
+        indexes = [models.Index(fields=["integration", "-created_at"], name="run_integration_time")]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.integration_id}: {self.status}"
+
+
+class RunStep(models.Model):
+    """One visit of a run to an element: scheduled (pending, with a due time), claimed
+    (running), then done, failed or skipped, with its input, output and timings."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    workspace = models.ForeignKey(
+        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+    )
+    run = models.ForeignKey(
+        ScenarioRun, on_delete=models.CASCADE, related_name="steps", verbose_name="run"
+    )
+    element = models.ForeignKey(
+        Element, on_delete=models.CASCADE, related_name="run_steps", verbose_name="element"
+    )
+    parent_step = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        verbose_name="previous step",
+    )
+    status = models.CharField(
+        "status", max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    due_at = models.DateTimeField("due")
+    enqueued_at = models.DateTimeField(
+        "queued", null=True, blank=True, help_text="When a task was last sent for it."
+    )
+    claimed_at = models.DateTimeField("claimed", null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField("attempt", default=1)
+    input = models.JSONField("input", default=dict, blank=True)
+    output = models.JSONField("output", default=dict, blank=True)
+    started_at = models.DateTimeField("started", null=True, blank=True)
+    finished_at = models.DateTimeField("finished", null=True, blank=True)
+    duration_ms = models.PositiveIntegerField("time (ms)", null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+        verbose_name = "run step"
+        constraints = [
+            # A parent schedules each next element once: a step delivered twice, or
+            # re-driven after its worker died, cannot fork the run.
+            models.UniqueConstraint(
+                fields=["run", "parent_step", "element"],
+                condition=Q(parent_step__isnull=False),
+                name="runstep_unique_child",
+            ),
+            # Starts have no parent: one per start element and run.
+            models.UniqueConstraint(
+                fields=["run", "element"],
+                condition=Q(parent_step__isnull=True),
+                name="runstep_unique_start",
+            ),
+        ]
+        indexes = [
+            # The sweeper's two scans stay small: only live rows are indexed.
+            models.Index(
+                fields=["due_at"], condition=Q(status="pending"), name="runstep_pending_due"
+            ),
+            models.Index(
+                fields=["claimed_at"], condition=Q(status="running"), name="runstep_running_claim"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"step {self.pk} ({self.element_id}): {self.status}"
