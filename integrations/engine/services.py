@@ -35,8 +35,9 @@ from structures.models import Lead
 log = structlog.get_logger(__name__)
 
 # A running step whose worker has not reported for this long is presumed dead and
-# handed out again. Longer than any request timeout (120 s at most) would be safest for
-# buyers that must not see a request twice; 60 s + the request's own timeout is used.
+# handed out again. A request step's lease starts at its request's deadline (claimed_at
+# is moved to it before sending), so a slow buyer is never sent the same lead twice
+# while the first call is still in flight.
 LEASE_SECONDS = 60
 # A task sent for a pending due step is sent again by the sweeper after this long.
 REQUEUE_GRACE_SECONDS = 30
@@ -171,6 +172,10 @@ def _context(step: RunStep, run: ScenarioRun) -> dict[str, Any]:
 
 def _request_effect(step: RunStep, run: ScenarioRun) -> _Effect:
     element = _acting(step.element)
+    in_flight_until = timezone.now() + timedelta(seconds=element.request_step.timeout_seconds)
+    RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt).update(
+        claimed_at=in_flight_until
+    )
     result = services.request_run(
         step=element.request_step,
         context=_context(step, run),

@@ -500,3 +500,55 @@ def test_run_drive_stops_at_its_deadline_and_leaves_the_rest_pending(
     run.refresh_from_db()
     assert run.status == ScenarioRun.Status.SUCCEEDED
     assert run.variables["after"] == "yes"
+
+
+def test_a_worker_back_after_its_lease_expired_writes_nothing(sc, lead, httpserver, monkeypatch):
+    request = sc.request(answers(httpserver, "ok"))
+    after = sc.element(Kind.SET_EVENT, config={"name": "n"})
+    sc.link(sc.start, request)
+    sc.link(request, after)
+    run = engine.run_start(integration=sc.integration, lead=lead)
+    (request_step_id,) = engine.step_execute(step_id=run.steps.get().pk)
+    real_request_run = engine.services.request_run
+
+    def slow_worker(**kwargs):
+        result = real_request_run(**kwargs)
+        # Meanwhile the lease ran out and the sweeper handed the step out again.
+        RunStep.objects.filter(pk=request_step_id).update(
+            status=RunStep.Status.PENDING, attempt=2, claimed_at=None
+        )
+        return result
+
+    monkeypatch.setattr(engine.services, "request_run", slow_worker)
+    assert engine.step_execute(step_id=request_step_id) == []
+    step = RunStep.objects.get(pk=request_step_id)
+    assert (step.status, step.attempt, step.output) == (RunStep.Status.PENDING, 2, {})
+    assert not RunStep.objects.filter(run=run, element=after).exists()
+    monkeypatch.setattr(engine.services, "request_run", real_request_run)
+    assert len(engine.step_execute(step_id=request_step_id)) == 1
+    assert RunStep.objects.filter(run=run, element=after).count() == 1
+
+
+def test_a_request_in_flight_longer_than_the_lease_is_not_sent_again(
+    sc, lead, httpserver, monkeypatch
+):
+    request = sc.request(answers(httpserver, "ok"))
+    RequestStep.objects.filter(pk=request.request_step_id).update(timeout_seconds=100)
+    sc.link(sc.start, request)
+    sent = []
+    monkeypatch.setattr("integrations.tasks.step_execute_task.delay", sent.append)
+    with time_machine.travel(START, tick=False) as clock:
+        run = engine.run_start(integration=sc.integration, lead=lead)
+        (request_step_id,) = engine.step_execute(step_id=run.steps.get().pk)
+        real_request_run = engine.services.request_run
+
+        def slow_buyer(**kwargs):
+            clock.shift(engine.LEASE_SECONDS + 30)  # the buyer takes 90 s to answer
+            assert engine.engine_sweep() == 0
+            return real_request_run(**kwargs)
+
+        monkeypatch.setattr(engine.services, "request_run", slow_buyer)
+        engine.step_execute(step_id=request_step_id)
+    assert sent == []
+    assert len(httpserver.log) == 1
+    assert RunStep.objects.get(pk=request_step_id).attempt == 1
