@@ -20,12 +20,14 @@ __all__ = ["Connection", "Element", "RunStep", "ScenarioRun"]
 
 class Element(models.Model):
     """One node of an integration's scenario: a start, a request, a tool (modify field,
-    set variable, set event, mirror) or flow control (wait, repeater, breaker)."""
+    modify request, set variable, set event, mirror) or flow control (wait, repeater,
+    breaker)."""
 
     class Kind(models.TextChoices):
         START = "start", "Start"
         REQUEST = "request", "Request"
         MODIFY_FIELD = "modify_field", "Modify field"
+        MODIFY_REQUEST = "modify_request", "Modify request"
         SET_VARIABLE = "set_variable", "Set variable"
         SET_EVENT = "set_event", "Set event"
         MIRROR = "mirror", "Mirror"
@@ -80,9 +82,12 @@ class Element(models.Model):
         default=dict,
         blank=True,
         help_text="Per kind. start: {trigger: default|action, action}; modify field: "
-        "{field, template}; set variable: {name, template}; set event: {name, increment}; "
-        "wait: {mode: delay|until|within_hours|next_working_day|weekday, seconds, at, "
-        "from_hour, to_hour, weekday}; breaker: {limit}.",
+        "{field, template}; modify request: {headers, query, body} (name: template, applied "
+        "to the next request of the run); set variable: {name, template}; set event: "
+        "{name, increment}; wait: {mode: delay|until|within_hours|relative|"
+        "next_working_day|weekday, seconds, at, relative_to (a variable holding a time, or "
+        "lead_created), from_hour, to_hour, weekday}; repeater: {limit} (ends the loop, the "
+        "run goes on); breaker: {limit} (fails the run).",
     )
 
     class Meta:
@@ -202,12 +207,26 @@ class ScenarioRun(models.Model):
     )
     reason = models.CharField("reason", max_length=500, blank=True)
     created_at = models.DateTimeField("started", auto_now_add=True)
+    deadline_at = models.DateTimeField(
+        "deadline",
+        null=True,
+        blank=True,
+        help_text="A run still running or waiting at this time is timed out by the sweeper.",
+    )
     finished_at = models.DateTimeField("finished", null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "scenario run"
-        indexes = [models.Index(fields=["integration", "-created_at"], name="run_integration_time")]
+        indexes = [
+            models.Index(fields=["integration", "-created_at"], name="run_integration_time"),
+            # The sweeper's deadline scan: only live runs with a deadline are indexed.
+            models.Index(
+                fields=["deadline_at"],
+                condition=Q(status__in=("running", "waiting"), deadline_at__isnull=False),
+                name="run_live_deadline",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"run {self.pk} of {self.integration_id}: {self.status}"

@@ -3,7 +3,7 @@ store secrets, create integrations."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,12 +66,15 @@ def request_run(
     force_send: bool = False,
     dry_run: bool = False,
     write_log: bool = True,
+    spec_overrides: Callable[[RequestSpec], RequestSpec] | None = None,
 ) -> RunResult:
     """Build, maybe send, read and log one request.
 
     Status semantics: disabled never sends; test renders and logs without sending unless
     the context carries ``trl_test=1`` (or ``force_send``, the operator's explicit test);
     enabled sends. ``dry_run`` never sends (preview, "run with sample values").
+    ``spec_overrides`` returns a changed copy of the request's spec for this call only
+    (the scenario engine's "modify request" tool); the cached spec is never changed.
     """
     integration = step.integration
     # The status and the configuration version are read now, in one statement: an
@@ -80,6 +83,8 @@ def request_run(
     state = step_cache.integration_state(step.integration_id)
     status, version = state if state else (integration.status, None)
     spec = step_cache.spec_cached(step, version=version)
+    if spec_overrides is not None:
+        spec = spec_overrides(spec)
     try:
         # {{SECRET}} places the stored secret anywhere (e.g. a webhook URL's path); it is
         # in the spec's secrets, so every log masks it.

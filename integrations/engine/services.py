@@ -28,6 +28,13 @@ from django.utils import timezone
 from integrations import services, templating
 from integrations.context import lead_context
 from integrations.engine.conditions import conditions_hold
+from integrations.engine.overrides import (
+    OVERRIDES_KEY,
+    OverrideConfigError,
+    overrides_merge,
+    overrides_read,
+    spec_apply_overrides,
+)
 from integrations.engine.waits import WaitConfigError, wait_until
 from integrations.models import Connection, Element, Integration, RunStep, ScenarioRun
 from structures.models import Lead
@@ -44,6 +51,8 @@ REQUEUE_GRACE_SECONDS = 30
 # A step handed out this many times (each time its worker died) fails the run.
 MAX_ATTEMPTS = 5
 BREAKER_REASON = "breaker limit reached"
+REPEATER_REASON = "repeater limit reached"
+DEADLINE_REASON = "deadline passed"
 LOST_REASON = "the worker running this step was lost too often"
 FAILING_KINDS = ("error", "timeout")
 
@@ -66,6 +75,8 @@ class _Effect:
     stop_reason: str = ""  # breaker: the branch stops and the run fails
     failed: bool = False
     lead_fields: dict[str, Any] = field(default_factory=dict)
+    end_reason: str = ""  # repeater: the loop ends here and the run goes on (or succeeds)
+    overrides_used: bool = False  # a request consumed the pending "modify request"
 
 
 def _timezone_name(run: ScenarioRun) -> str:
@@ -93,10 +104,12 @@ def run_start(
     variables: dict[str, Any] | None = None,
     dry_run: bool = False,
     trigger: str = "default",
+    deadline_seconds: float | None = None,
 ) -> ScenarioRun:
     """Create a run and a step due now for each matching start element (same step
     meaning and trigger: ``default`` or ``action``). Nothing is dispatched here: the
-    caller drives it (run_drive), enqueues the steps, or leaves them to the sweeper."""
+    caller drives it (run_drive), enqueues the steps, or leaves them to the sweeper.
+    With ``deadline_seconds`` the run is timed out if still unfinished by then."""
     starts = [
         element
         for element in integration.elements.filter(kind=Kind.START, meaning=meaning)
@@ -115,6 +128,9 @@ def run_start(
             meaning=meaning,
             variables=dict(variables or {}),
             is_dry_run=dry_run,
+            deadline_at=(
+                now + timedelta(seconds=deadline_seconds) if deadline_seconds is not None else None
+            ),
         )
         RunStep.objects.bulk_create(
             RunStep(workspace_id=integration.workspace_id, run=run, element=element, due_at=now)
@@ -143,9 +159,15 @@ def step_execute(*, step_id: int) -> list[int]:
         "element__mirror_of__request_step",
     ).get(pk=step_id)
     run = step.run
+    if run.status not in ScenarioRun.FINISHED and run.deadline_at and run.deadline_at <= now:
+        _run_finish_early(run_id=run.pk, status=RunStatus.TIMED_OUT, reason=DEADLINE_REASON)
+        run.status = RunStatus.TIMED_OUT
     if run.status in ScenarioRun.FINISHED:
+        # A cancelled or timed-out run executes nothing more.
         RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(
-            status=StepStatus.SKIPPED, finished_at=timezone.now()
+            status=StepStatus.SKIPPED,
+            finished_at=timezone.now(),
+            output={"ended": f"the run is {run.status}"},
         )
         return []
     started = time.monotonic()
@@ -176,17 +198,22 @@ def _request_effect(step: RunStep, run: ScenarioRun) -> _Effect:
     RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt).update(
         claimed_at=in_flight_until
     )
+    overrides = run.variables.get(OVERRIDES_KEY) or None
     result = services.request_run(
         step=element.request_step,
         context=_context(step, run),
         lead=run.lead,
         origin="scenario",
         dry_run=run.is_dry_run,
+        spec_overrides=(
+            (lambda spec: spec_apply_overrides(spec, overrides)) if overrides else None
+        ),
     )
     outcome = result.outcome
     return _Effect(
         outcome=_outcome_dict(outcome),
         variables=dict(outcome.variables),
+        overrides_used=bool(overrides),
     )
 
 
@@ -212,9 +239,17 @@ def _tool_effect(step: RunStep, run: ScenarioRun) -> _Effect:
             count = int(run.counters.get(f"event:{name}", 0)) + int(config.get("increment", 1))
             run.counters[f"event:{name}"] = count
             effect.variables[name] = count
+        elif kind == Kind.MODIFY_REQUEST:
+            effect.variables[OVERRIDES_KEY] = overrides_merge(
+                run.variables.get(OVERRIDES_KEY), overrides_read(config)
+            )
         elif kind == Kind.WAIT:
             effect.due_at = wait_until(
-                config=config, now=timezone.now(), tz_name=_timezone_name(run)
+                config=config,
+                now=timezone.now(),
+                tz_name=_timezone_name(run),
+                variables=run.variables,
+                lead_created_at=run.lead.created_at if run.lead_id is not None else None,
             )
         elif kind in (Kind.BREAKER, Kind.REPEATER):
             key = f"visits:{step.element_id}"
@@ -222,9 +257,21 @@ def _tool_effect(step: RunStep, run: ScenarioRun) -> _Effect:
             run.counters[key] = visits
             limit = config.get("limit")
             # The first pass counts: a limit of 4 lets 4 passes through and stops the 5th.
-            if kind == Kind.BREAKER and limit is not None and visits > int(limit):
-                effect.stop_reason = BREAKER_REASON
-    except (templating.TemplateError, WaitConfigError, TypeError, ValueError) as exc:
+            if limit is not None and visits > int(limit):
+                if kind == Kind.BREAKER:
+                    effect.stop_reason = BREAKER_REASON
+                else:
+                    # A repeater's limit ends the loop, not the run: the branch ends here
+                    # without an error, so the run succeeds unless another branch fails.
+                    effect.end_reason = REPEATER_REASON
+                    effect.outcome = {"kind": "", "reason": REPEATER_REASON, "captured": {}}
+    except (
+        templating.TemplateError,
+        WaitConfigError,
+        OverrideConfigError,
+        TypeError,
+        ValueError,
+    ) as exc:
         effect.outcome = {"kind": "error", "reason": f"{element.name}: {exc}", "captured": {}}
         effect.failed = True
     return effect
@@ -236,11 +283,19 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
     output: dict[str, Any] = {"outcome": effect.outcome}
     if effect.variables:
         output["variables"] = effect.variables
+    run_over = run.status in ScenarioRun.FINISHED  # cancelled or timed out meanwhile
+    if effect.overrides_used:
+        run.variables.pop(OVERRIDES_KEY, None)  # they apply to one request only
     run.variables.update(effect.variables)
     next_elements: list[Element] = []
-    if effect.stop_reason:
+    if run_over:
+        output["ended"] = f"the run is {run.status}"
+    elif effect.stop_reason:
         output["stopped"] = effect.stop_reason
         run.reason = effect.stop_reason
+    elif effect.end_reason:
+        output["ended"] = effect.end_reason
+        run.reason = effect.end_reason
     elif not effect.failed:
         context = lead_context(run.lead, variables=run.variables)
         for connection in Connection.objects.filter(from_element_id=step.element_id).order_by(
@@ -273,6 +328,11 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
         lead = Lead.objects.select_for_update().get(pk=run.lead_id)
         lead.data.update(effect.lead_fields)
         Lead.objects.filter(pk=lead.pk).update(data=lead.data)
+    if run_over:
+        # The run was finished by someone else (cancel, deadline) while this step ran:
+        # keep its status and reason, record what the step did and go no further.
+        run.save(update_fields=["variables", "counters"])
+        return []
     due_at = effect.due_at or now
     due_now = due_at <= now
     RunStep.objects.bulk_create(
@@ -326,6 +386,49 @@ def _run_settle(
     run.save(update_fields=["status", "reason", "variables", "counters", "finished_at"])
 
 
+# --- ending early -------------------------------------------------------------------------
+
+
+def _run_finish_early(*, run_id: int, status: str, reason: str) -> bool:
+    """Finish a live run (cancelled, timed out) by a conditional UPDATE and skip its
+    pending steps. A step running now finishes, but schedules nothing and leaves the
+    run's status alone. False when the run was already finished (nothing changes)."""
+    now = timezone.now()
+    with transaction.atomic():
+        ended = ScenarioRun.objects.filter(
+            pk=run_id, status__in=(RunStatus.RUNNING, RunStatus.WAITING)
+        ).update(status=status, reason=reason[:500], finished_at=now)
+        if ended:
+            RunStep.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
+                status=StepStatus.SKIPPED, finished_at=now, output={"ended": reason[:500]}
+            )
+    if ended:
+        log.info("engine.run_ended_early", run_id=run_id, status=status, reason=reason)
+    return bool(ended)
+
+
+def run_cancel(*, run_id: int, reason: str) -> ScenarioRun:
+    """Cancel a running or waiting run: its pending steps are skipped. Cancelling a
+    finished run changes nothing (idempotent); the run is returned as it now is."""
+    _run_finish_early(run_id=run_id, status=RunStatus.CANCELLED, reason=reason or "cancelled")
+    return ScenarioRun.objects.get(pk=run_id)
+
+
+def runs_time_out(*, limit: int = 500) -> int:
+    """Time out the live runs whose deadline has passed; returns how many."""
+    ids = list(
+        ScenarioRun.objects.filter(
+            status__in=(RunStatus.RUNNING, RunStatus.WAITING), deadline_at__lte=timezone.now()
+        )
+        .order_by("deadline_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    return sum(
+        _run_finish_early(run_id=run_id, status=RunStatus.TIMED_OUT, reason=DEADLINE_REASON)
+        for run_id in ids
+    )
+
+
 # --- drivers ------------------------------------------------------------------------------
 
 
@@ -362,14 +465,30 @@ def run_drive(*, run_id: int, deadline_seconds: float, hand_off: bool = True) ->
     return ScenarioRun.objects.get(pk=run_id)
 
 
-def engine_sweep(*, limit: int = 500) -> int:
-    """Wake pending steps that are due and not queued recently, and hand out again the
-    running steps whose worker stopped reporting (lease expired), each by a conditional
-    UPDATE so two sweepers never queue one twice. Returns how many tasks were sent."""
+def engine_sweep(*, limit: int = 500, send: bool = True) -> int:
+    """Time out runs past their deadline, wake pending steps that are due and not queued
+    recently, and hand out again the running steps whose worker stopped reporting (lease
+    expired), each by a conditional UPDATE so two sweepers never queue one twice. Returns
+    how many tasks were sent. ``send=False`` (no Celery: scenario_drive --sweep) only
+    makes the lost steps pending again; the caller executes the due ones (steps_drive)."""
     from integrations.tasks import step_execute_task
 
+    runs_time_out(limit=limit)
     now = timezone.now()
     queued = 0
+    if not send:
+        for step_id, claimed_at, attempt in RunStep.objects.filter(
+            status=StepStatus.RUNNING, claimed_at__lt=now - timedelta(seconds=LEASE_SECONDS)
+        ).values_list("id", "claimed_at", "attempt")[:limit]:
+            if attempt >= MAX_ATTEMPTS:
+                _step_abandon(step_id=step_id, claimed_at=claimed_at)
+            else:
+                RunStep.objects.filter(
+                    pk=step_id, status=StepStatus.RUNNING, claimed_at=claimed_at
+                ).update(
+                    status=StepStatus.PENDING, attempt=attempt + 1, claimed_at=None, due_at=now
+                )
+        return 0
     stale = now - timedelta(seconds=LEASE_SECONDS)
     for step_id, claimed_at, attempt in (
         RunStep.objects.filter(status=StepStatus.RUNNING, claimed_at__lt=stale)
@@ -424,3 +543,26 @@ def _step_abandon(*, step_id: int, claimed_at: datetime) -> None:
                 now=timezone.now(),
                 failed=True,
             )
+
+
+def steps_drive(*, deadline_seconds: float, limit: int = 500) -> int:
+    """Execute due pending steps of every run in this process (and the steps they make
+    due) until none is due or the deadline passes: the engine without Celery (a shell,
+    cron). A step claimed elsewhere is skipped by its compare-and-set. Returns how many
+    steps this process executed."""
+    deadline = time.monotonic() + deadline_seconds
+    executed = 0
+    while time.monotonic() < deadline:
+        due = list(
+            RunStep.objects.filter(status=StepStatus.PENDING, due_at__lte=timezone.now())
+            .order_by("due_at", "id")
+            .values_list("id", flat=True)[:limit]
+        )
+        if not due:
+            break
+        for step_id in due:
+            if time.monotonic() >= deadline:
+                break
+            executed += 1
+            step_execute(step_id=step_id)
+    return executed

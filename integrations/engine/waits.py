@@ -11,7 +11,9 @@ from typing import Any
 
 from django.utils.dateparse import parse_datetime
 
-MODES = ("delay", "until", "within_hours", "next_working_day", "weekday")
+MODES = ("delay", "until", "within_hours", "relative", "next_working_day", "weekday")
+# relative_to naming the lead's arrival instead of a run variable.
+LEAD_CREATED = "lead_created"
 
 
 class WaitConfigError(ValueError):
@@ -36,17 +38,62 @@ def _at_local(day: datetime, at: time, tz: zoneinfo.ZoneInfo) -> datetime:
     return datetime.combine(day.date(), at, tzinfo=tz)
 
 
-def wait_until(*, config: Mapping[str, Any], now: datetime, tz_name: str) -> datetime:
-    """The time the next step is due (``now`` when there is nothing to wait for)."""
+def _seconds(config: Mapping[str, Any]) -> float:
+    try:
+        return float(config.get("seconds") or 0)
+    except (TypeError, ValueError) as exc:
+        raise WaitConfigError(f"not a number of seconds: {config.get('seconds')!r}") from exc
+
+
+def _moment(value: Any, tz: zoneinfo.ZoneInfo) -> datetime | None:
+    """A time held in a variable: a datetime, an ISO text or Unix seconds."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=UTC)
+    else:
+        text = str(value or "").strip()
+        try:
+            return datetime.fromtimestamp(float(text), tz=UTC)
+        except ValueError:
+            moment = parse_datetime(text)
+        if moment is None:
+            return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
+
+
+def wait_until(
+    *,
+    config: Mapping[str, Any],
+    now: datetime,
+    tz_name: str,
+    variables: Mapping[str, Any] | None = None,
+    lead_created_at: datetime | None = None,
+) -> datetime:
+    """The time the next step is due (``now`` when there is nothing to wait for).
+
+    ``relative`` waits until ``seconds`` after an event: the time held in the run
+    variable named by ``relative_to`` (e.g. captured from an earlier answer), or the
+    lead's arrival (``relative_to: lead_created``); a moment already past is ``now``."""
     tz = zoneinfo.ZoneInfo(tz_name or "UTC")
     mode = str(config.get("mode") or "delay")
     local = now.astimezone(tz)
     if mode == "delay":
-        try:
-            seconds = float(config.get("seconds") or 0)
-        except (TypeError, ValueError) as exc:
-            raise WaitConfigError(f"not a number of seconds: {config.get('seconds')!r}") from exc
-        return now + timedelta(seconds=max(seconds, 0))
+        return now + timedelta(seconds=max(_seconds(config), 0))
+    if mode == "relative":
+        name = str(config.get("relative_to") or "").strip()
+        if not name:
+            raise WaitConfigError("a relative wait needs relative_to (a variable or lead_created)")
+        if name == LEAD_CREATED:
+            anchor = lead_created_at
+            if anchor is None:
+                raise WaitConfigError("the run has no lead to wait relative to")
+        else:
+            raw = (variables or {}).get(name)
+            anchor = None if raw in (None, "") else _moment(raw, tz)
+            if anchor is None:
+                raise WaitConfigError(f"the variable {name!r} holds no date and time: {raw!r}")
+        return max(anchor + timedelta(seconds=_seconds(config)), now)
     if mode == "until":
         at = parse_datetime(str(config.get("at") or ""))
         if at is None:
