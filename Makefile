@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake bench-integration clean
+.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake bench-integration bench-engine clean
 
 $(BIN)/uv:
 	@$(PY) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-intake: dev-deps
 
 bench-integration: dev-deps
 	@source scripts/test-env.sh && $(BIN)/python bench/integration.py
+
+bench-engine: dev-deps
+	@source scripts/test-env.sh && $(BIN)/python bench/engine.py
 
 clean:
 	rm -rf var .venv
