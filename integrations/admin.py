@@ -723,3 +723,6 @@ class RequestLogAdmin(ScopedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+from integrations import admin_engine  # noqa: E402,F401

@@ -1,0 +1,359 @@
+"""The scenario engine in the admin, through the test client as an operator would use it:
+the editor inlines on the integration page, the SVG diagram drawn from the data, the run
+list and the run timeline, "Replay this run", "Run with sample values" (a dry run that
+sends nothing to a real local server), and another workspace's operator (or a viewer)
+reaching none of it. Each refusal has its positive control."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from django import forms
+from django.test import Client
+from django.urls import reverse
+from werkzeug import Response
+
+from integrations.engine import services as engine
+from integrations.models import (
+    Connection,
+    Element,
+    Integration,
+    RequestLog,
+    RequestStep,
+    ResponseRule,
+    RunStep,
+    ScenarioRun,
+)
+from structures.choices import Role
+from structures.models import Lead, Membership
+from tests.factories.structures import LeadSetup, UserFactory, make_lead_setup
+
+pytestmark = pytest.mark.django_db
+Kind = Element.Kind
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def setup() -> LeadSetup:
+    return make_lead_setup("Acme")
+
+
+@pytest.fixture
+def operator(setup: LeadSetup) -> Client:
+    return client_for(setup.operator)
+
+
+@pytest.fixture
+def buyer(httpserver: Any) -> Any:
+    def handler(request: Any) -> Response:
+        return Response(json.dumps({"status": "accepted"}), content_type="application/json")
+
+    httpserver.expect_request("/leads", method="POST").respond_with_handler(handler)
+    return httpserver
+
+
+@pytest.fixture
+def lead(setup: LeadSetup) -> Lead:
+    return Lead.objects.create(
+        workspace=setup.workspace, structure=setup.structure, partner=setup.partner,
+        source="api", status="approved", data={"g_email": "jane@example.com"},
+    )  # fmt: skip
+
+
+class Graph:
+    """start -> request -> (pending) wait -> request; request -> (accepted) done."""
+
+    def __init__(self, setup: LeadSetup, url: str, name: str = "Scenario buyer") -> None:
+        ws = setup.workspace
+        self.integration = Integration.objects.create(workspace=ws, name=name, status="enabled")
+        self.step = RequestStep.objects.create(
+            workspace=ws, integration=self.integration, url=url, method="POST", name="Send"
+        )
+        ResponseRule.objects.create(request=self.step, position=0, key="status", value="accepted")
+
+        def element(kind: str, name: str, **kwargs: Any) -> Element:
+            return Element.objects.create(
+                workspace=ws, integration=self.integration, kind=kind, name=name, **kwargs
+            )
+
+        def link(a: Element, b: Element, *conditions: dict) -> Connection:
+            return Connection.objects.create(
+                workspace=ws, integration=self.integration, from_element=a, to_element=b,
+                conditions=list(conditions),
+            )  # fmt: skip
+
+        self.start = element(Kind.START, "Begin here")
+        self.request = element(Kind.REQUEST, "Post to buyer", request_step=self.step)
+        self.wait = element(Kind.WAIT, "Half a minute", config={"mode": "delay", "seconds": 30})
+        self.done = element(
+            Kind.SET_VARIABLE, "Mark done", config={"name": "done", "template": "1"}
+        )
+        self.connections = [
+            link(self.start, self.request),
+            link(
+                self.request,
+                self.wait,
+                {"source": "outcome", "operator": "equals", "value": "pending"},
+            ),  # fmt: skip
+            link(self.wait, self.request),
+            link(
+                self.request,
+                self.done,
+                {"source": "outcome", "operator": "equals", "value": "accepted"},
+            ),  # fmt: skip
+        ]
+
+    def run(self, lead: Lead | None = None) -> ScenarioRun:
+        run = engine.run_start(integration=self.integration, lead=lead)
+        return engine.run_drive(run_id=run.pk, deadline_seconds=5.0)
+
+
+def change_url(model: str, pk: int, view: str = "change") -> str:
+    return reverse(f"admin:integrations_{model}_{view}", args=[pk])
+
+
+def page_payload(response: Any) -> dict[str, Any]:
+    """What the browser posts back from a change page, unchanged."""
+    data: dict[str, Any] = {}
+
+    def put(form: forms.BaseForm) -> None:
+        for name in form.fields:
+            value = form[name].value()
+            if value is None:
+                continue
+            key = form.add_prefix(name)
+            data[key] = [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
+
+    put(response.context["adminform"].form)
+    for inline in response.context["inline_admin_formsets"]:
+        put(inline.formset.management_form)
+        for form in inline.formset.forms:
+            put(form)
+    data["_continue"] = "Save and continue editing"
+    return data
+
+
+def add_row(data: dict[str, Any], prefix: str, **values: Any) -> None:
+    index = int(data[f"{prefix}-TOTAL_FORMS"])
+    for name, value in values.items():
+        data[f"{prefix}-{index}-{name}"] = str(value)
+    data[f"{prefix}-TOTAL_FORMS"] = str(index + 1)
+
+
+# --- the editor ----------------------------------------------------------------------------
+
+
+def test_editor_inlines_save_elements_then_connections(setup, operator):
+    integration = Integration.objects.create(workspace=setup.workspace, name="Editor")
+    step = RequestStep.objects.create(
+        workspace=setup.workspace, integration=integration, url="https://93.184.216.34/x"
+    )
+    url = change_url("integration", integration.pk)
+
+    data = page_payload(operator.get(url))
+    add_row(data, "elements", position=0, name="Begin", kind="start", meaning="post", config="{}")
+    add_row(data, "elements", position=1, name="Send it", kind="request", meaning="post",
+            request_step=step.pk, config="{}")  # fmt: skip
+    response = operator.post(url, data)
+    assert response.status_code == 302, response.context and response.context["errors"]
+    begin, send = integration.elements.order_by("position")
+    assert (begin.kind, send.request_step_id) == ("start", step.pk)
+    assert {begin.workspace_id, send.workspace_id} == {setup.workspace.pk}
+
+    data = page_payload(operator.get(url))
+    add_row(
+        data,
+        "connections",
+        position=0,
+        from_element=begin.pk,
+        to_element=send.pk,
+        conditions='[{"source": "outcome", "operator": "equals", "value": "accepted"}]',
+    )
+    response = operator.post(url, data)
+    assert response.status_code == 302
+    connection = integration.connections.get()
+    assert (connection.from_element_id, connection.to_element_id) == (begin.pk, send.pk)
+    assert connection.workspace_id == setup.workspace.pk
+    assert connection.conditions[0]["value"] == "accepted"
+
+
+def test_editor_choices_are_this_integrations_elements_and_requests_only(setup, operator):
+    graph = Graph(setup, "https://93.184.216.34/x")
+    other = Graph(
+        setup, "https://93.184.216.34/y", name="Other buyer"
+    )  # same workspace, another integration
+    url = change_url("integration", graph.integration.pk)
+    page = operator.get(url)
+    formsets = {i.formset.prefix: i.formset for i in page.context["inline_admin_formsets"]}
+    connection_form = formsets["connections"].empty_form
+    element_form = formsets["elements"].empty_form
+    own = set(graph.integration.elements.values_list("pk", flat=True))
+    assert {e.pk for e in connection_form.fields["from_element"].queryset} == own
+    assert {e.pk for e in connection_form.fields["to_element"].queryset} == own
+    assert {s.pk for s in element_form.fields["request_step"].queryset} == {graph.step.pk}
+
+    # A forged arrow into another integration's element is refused; its own is accepted.
+    data = page_payload(page)
+    add_row(data, "connections", position=5, from_element=graph.done.pk,
+            to_element=other.start.pk, conditions="[]")  # fmt: skip
+    assert operator.post(url, data).status_code == 200
+    assert not Connection.objects.filter(to_element=other.start).exists()
+    data[f"connections-{int(data['connections-TOTAL_FORMS']) - 1}-to_element"] = graph.start.pk
+    assert operator.post(url, data).status_code == 302
+    assert Connection.objects.filter(from_element=graph.done, to_element=graph.start).exists()
+
+
+# --- the diagram ---------------------------------------------------------------------------
+
+
+def test_diagram_draws_every_element_and_one_path_per_connection(setup, operator):
+    graph = Graph(setup, "https://93.184.216.34/x")
+    html = operator.get(change_url("integration", graph.integration.pk)).content.decode()
+    svg = re.search(r'<svg[^>]*id="scenario-diagram".*?</svg>', html, re.S)
+    assert svg is not None
+    svg_text = svg.group(0)
+    for element in (graph.start, graph.request, graph.wait, graph.done):
+        assert element.name in svg_text
+    assert svg_text.count('class="scenario-element"') == 4
+    connections = re.findall(r'<g class="scenario-connection".*?</g>', svg_text, re.S)
+    assert len(connections) == len(graph.connections) == 4
+    assert all(c.count("<path ") == 1 for c in connections)
+    assert ">always<" in svg_text and "outcome equals pending" in svg_text
+    assert "<script" not in svg_text
+
+
+def test_diagram_empty_state_says_what_to_do(setup, operator):
+    integration = Integration.objects.create(workspace=setup.workspace, name="Empty")
+    html = operator.get(change_url("integration", integration.pk)).content.decode()
+    assert 'id="scenario-empty"' in html and 'id="scenario-diagram"' not in html
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def test_run_list_and_timeline_show_steps_and_their_requests(setup, operator, buyer, lead):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    run = graph.run(lead)
+    assert run.status == "succeeded" and len(buyer.log) == 1
+
+    listing = operator.get(reverse("admin:integrations_scenariorun_changelist"))
+    assert listing.status_code == 200
+    assert change_url("scenariorun", run.pk) in listing.content.decode()
+    filtered = operator.get(
+        reverse("admin:integrations_scenariorun_changelist"),
+        {"status__exact": "failed"},
+    )
+    assert change_url("scenariorun", run.pk) not in filtered.content.decode()
+
+    detail = operator.get(change_url("scenariorun", run.pk))
+    assert detail.status_code == 200
+    html = detail.content.decode()
+    steps = RunStep.objects.filter(run=run)
+    assert html.count('class="border-l-2') == steps.count() == 3
+    for name in ("Begin here", "Post to buyer", "Mark done"):
+        assert name in html
+    log = RequestLog.objects.get(integration=graph.integration)
+    assert change_url("requestlog", log.pk) in html  # the request of the request step
+    assert f"lead__id__exact={lead.pk}" in html
+    assert 'id="replay-form"' in html
+    assert detail.context["has_change_permission"] is False  # read-only
+
+
+def test_replay_creates_and_drives_a_new_run_post_only(setup, operator, buyer, lead):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    run = graph.run(lead)
+    url = change_url("scenariorun", run.pk, "replay")
+
+    assert operator.get(url).status_code == 404
+    response = operator.post(url)
+    new = ScenarioRun.objects.exclude(pk=run.pk).get()
+    assert response.status_code == 302 and response["Location"] == change_url("scenariorun", new.pk)
+    assert (new.integration_id, new.lead_id, new.meaning) == (run.integration_id, lead.pk, "post")
+    assert new.status == "succeeded" and not new.is_dry_run
+    assert len(buyer.log) == 2
+
+
+def test_run_with_sample_values_sends_nothing_and_shows_what_would_be_sent(
+    setup, operator, httpserver
+):
+    graph = Graph(setup, httpserver.url_for("/leads"))
+    url = change_url("integration", graph.integration.pk, "sample_run")
+    assert operator.get(url).status_code == 404
+
+    response = operator.post(url, {"meaning": "post"})
+    run = ScenarioRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == change_url("scenariorun", run.pk)
+    assert run.is_dry_run and run.lead_id is None
+    assert httpserver.log == []  # nothing reached the buyer
+    logs = RequestLog.objects.filter(integration=graph.integration)
+    assert logs.count() == 1 and not logs.get().was_sent
+
+    html = operator.get(change_url("scenariorun", run.pk)).content.decode()
+    assert change_url("requestlog", logs.get().pk) in html and "not sent" in html
+    assert "dry run" in html.lower()
+
+
+def test_sample_run_without_a_start_says_so(setup, operator):
+    integration = Integration.objects.create(workspace=setup.workspace, name="No start")
+    url = change_url("integration", integration.pk, "sample_run")
+    response = operator.post(url, {"meaning": "post"}, follow=True)
+    assert "has no default start" in response.content.decode()
+    assert not ScenarioRun.objects.exists()
+
+
+# --- tenancy -------------------------------------------------------------------------------
+
+
+def test_another_workspace_reaches_no_run_and_no_button(setup, operator, buyer, lead):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    run = graph.run(lead)
+    stranger = client_for(make_lead_setup("Other").operator)
+
+    detail = stranger.get(change_url("scenariorun", run.pk))
+    assert detail.status_code in (302, 404)
+    assert "Post to buyer" not in detail.content.decode()
+    listing = stranger.get(reverse("admin:integrations_scenariorun_changelist"))
+    assert change_url("scenariorun", run.pk) not in listing.content.decode()
+    assert stranger.post(change_url("scenariorun", run.pk, "replay")).status_code == 404
+    sample = change_url("integration", graph.integration.pk, "sample_run")
+    assert stranger.post(sample).status_code == 404
+    assert ScenarioRun.objects.count() == 1 and len(buyer.log) == 1
+
+    # A viewer of the workspace reads the run but may neither replay nor dry-run.
+    viewer = UserFactory()
+    Membership.objects.create(workspace=setup.workspace, user=viewer, role=Role.VIEWER)
+    as_viewer = client_for(viewer)
+    page = as_viewer.get(change_url("scenariorun", run.pk))
+    assert page.status_code == 200 and 'id="replay-form"' not in page.content.decode()
+    assert as_viewer.post(change_url("scenariorun", run.pk, "replay")).status_code == 404
+    assert as_viewer.post(sample).status_code == 404
+    assert ScenarioRun.objects.count() == 1
+
+    # Positive control: the owner may.
+    assert operator.post(change_url("scenariorun", run.pk, "replay")).status_code == 302
+    assert ScenarioRun.objects.count() == 2
+
+
+def test_a_post_without_the_editor_leaves_the_scenario_alone(setup, operator):
+    graph = Graph(setup, "https://93.184.216.34/x")
+    url = change_url("integration", graph.integration.pk)
+    data = {k: v for k, v in page_payload(operator.get(url)).items()
+            if not k.startswith(("elements-", "connections-"))}  # fmt: skip
+    data["name"] = "Renamed buyer"
+    assert operator.post(url, data).status_code == 302
+    graph.integration.refresh_from_db()
+    assert graph.integration.name == "Renamed buyer"
+    assert graph.integration.elements.count() == 4 and graph.integration.connections.count() == 4
