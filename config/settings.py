@@ -181,6 +181,9 @@ if CELERY_BROKER_URL.startswith("leadrelay-fs"):
         # Routing tables; without it kombu uses ./control relative to the working directory.
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
     }
+# Redis: how long an unacknowledged task waits before it is delivered again (fault tests).
+if CELERY_BROKER_URL.startswith("redis") and env.str("CELERY_VISIBILITY_TIMEOUT", default=""):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.float("CELERY_VISIBILITY_TIMEOUT")}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
