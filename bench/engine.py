@@ -269,32 +269,55 @@ def bulk_waiting_runs(fx: dict[str, Any], n: int, batch: int = 500) -> None:
         with transaction.atomic():
             runs = ScenarioRun.objects.bulk_create(
                 ScenarioRun(
-                    workspace_id=ws_id, integration=integration, lead=lead,
+                    workspace_id=ws_id,
+                    integration=integration,
+                    lead=lead,
                     status=ScenarioRun.Status.WAITING,
                 )  # fmt: skip
                 for _ in range(size)
             )
             starts = RunStep.objects.bulk_create(
                 RunStep(
-                    workspace_id=ws_id, run=r, element=start, status="done", due_at=now,
-                    claimed_at=now, started_at=now, finished_at=now, duration_ms=0,
+                    workspace_id=ws_id,
+                    run=r,
+                    element=start,
+                    status="done",
+                    due_at=now,
+                    claimed_at=now,
+                    started_at=now,
+                    finished_at=now,
+                    duration_ms=0,
                     output={"outcome": passed},
                 )  # fmt: skip
                 for r in runs
             )
             waits = RunStep.objects.bulk_create(
                 RunStep(
-                    workspace_id=ws_id, run=r, element=wait, parent_step=s, status="done",
-                    due_at=now, enqueued_at=now, claimed_at=now, started_at=now,
-                    finished_at=now, duration_ms=0, input={"outcome": passed},
+                    workspace_id=ws_id,
+                    run=r,
+                    element=wait,
+                    parent_step=s,
+                    status="done",
+                    due_at=now,
+                    enqueued_at=now,
+                    claimed_at=now,
+                    started_at=now,
+                    finished_at=now,
+                    duration_ms=0,
+                    input={"outcome": passed},
                     output={"outcome": passed},
                 )  # fmt: skip
                 for r, s in zip(runs, starts, strict=True)
             )
             RunStep.objects.bulk_create(
                 RunStep(
-                    workspace_id=ws_id, run=r, element=req, parent_step=w, status="pending",
-                    due_at=due, input={"outcome": passed},
+                    workspace_id=ws_id,
+                    run=r,
+                    element=req,
+                    parent_step=w,
+                    status="pending",
+                    due_at=due,
+                    input={"outcome": passed},
                 )  # fmt: skip
                 for r, w in zip(runs, waits, strict=True)
             )
@@ -504,7 +527,9 @@ def step_part(fx: dict[str, Any], args: argparse.Namespace) -> tuple[float, list
         ]
     )
     holder: dict[str, int] = {}
-    n_start = statements(lambda: holder.update(run=run_start(integration=fx["chain"], lead=lead).pk))
+    n_start = statements(
+        lambda: holder.update(run=run_start(integration=fx["chain"], lead=lead).pk)
+    )
     n_drive = statements(lambda: run_drive(run_id=holder["run"], deadline_seconds=30))
     executed = RunStep.objects.filter(run_id=holder["run"]).count()
     say(
