@@ -37,6 +37,8 @@ test: dev-deps
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@source scripts/test-env.sh && $(BIN)/pytest $(PYTEST_ARGS)
+	@echo "Fault tests (real Celery workers, kill -9, Redis flush) in their own session:"
+	@source scripts/test-env.sh && LEADRELAY_FAULT_TESTS=1 $(BIN)/pytest tests/fault $(PYTEST_ARGS)
 
 lint: dev-deps
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -14,6 +14,12 @@ from tests.factories.structures import (  # noqa: F401  (fixtures re-exported)
     make_lead_setup,
 )
 
+# The fault tests start real Celery workers and switch the Celery app to another broker;
+# they run in a pytest session of their own (`make test` runs both sessions). Inside the
+# main session, a task published after other tests had used the app never reached the
+# worker (not yet understood; see the stop note), so they are collected only when asked.
+collect_ignore = [] if os.environ.get("LEADRELAY_FAULT_TESTS") else ["fault"]
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     from django.conf import settings
