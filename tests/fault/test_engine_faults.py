@@ -143,19 +143,19 @@ def test_worker_killed_mid_request_run_finishes_in_flight_request_redriven_once(
 
 
 def test_redis_flushed_while_100_runs_wait_all_finish(lead_setup, buyer, workers, fast_sweeper):
-    """100 runs wait 3-5 s; Redis db is flushed once while all 100 wait and once right after
+    """100 runs wait 8-10 s; Redis db is flushed once while all 100 wait and once right after
     the sweeper queued due steps (those queued tasks are lost). The sweeper re-sends from
     the database: all 100 finish and each lead's request was sent exactly once."""
     g = Graph(lead_setup)
     rng = random.Random(4)
     request = g.request(buyer.url("/r"), "r")
-    waits = [g.wait(seconds, name=f"wait{seconds}") for seconds in (3, 4, 5)]
+    waits = [g.wait(seconds, name=f"wait{seconds}") for seconds in (8, 9, 10)]
     for wait in waits:
         Connection.objects.create(
             workspace=g.ws, integration=g.integration, from_element=wait, to_element=request
         )
     # Each run takes one wait: the start branches on a run variable.
-    for seconds, wait in zip((3, 4, 5), waits, strict=True):
+    for seconds, wait in zip((8, 9, 10), waits, strict=True):
         Connection.objects.create(
             workspace=g.ws,
             integration=g.integration,
@@ -173,10 +173,10 @@ def test_redis_flushed_while_100_runs_wait_all_finish(lead_setup, buyer, workers
     runs = []
     for lead in leads:
         run = engine.run_start(
-            integration=g.integration, lead=lead, variables={"w": str(rng.choice((3, 4, 5)))}
+            integration=g.integration, lead=lead, variables={"w": str(rng.choice((8, 9, 10)))}
         )
         runs.append(engine.run_drive(run_id=run.pk, deadline_seconds=5, hand_off=False))
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8
     assert runs_of(runs).filter(status=Status.WAITING).count() == 100
     assert buyer.total("/r") == 0
     redis_cli("FLUSHDB")
