@@ -155,6 +155,8 @@ def step_execute(*, step_id: int) -> list[int]:
     step = RunStep.objects.select_related(
         "run__integration__workspace",
         "run__lead__workspace",
+        "run__lead__partner",
+        "run__lead__structure",
         "element__request_step",
         "element__mirror_of__request_step",
     ).get(pk=step_id)
@@ -175,7 +177,10 @@ def step_execute(*, step_id: int) -> list[int]:
     if _acting(step.element).kind == Kind.REQUEST:
         effect = _request_effect(step, run)  # the HTTP call, outside any transaction
     with transaction.atomic():
+        lead = run.lead  # loaded above with what the template context reads
         run = ScenarioRun.objects.select_for_update().get(pk=run.pk)
+        if run.lead_id is not None and lead is not None and lead.pk == run.lead_id:
+            run.lead = lead
         if effect is None:
             effect = _tool_effect(step, run)
         return _record(step, run, effect, started)
@@ -297,10 +302,14 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
         output["ended"] = effect.end_reason
         run.reason = effect.end_reason
     elif not effect.failed:
-        context = lead_context(run.lead, variables=run.variables)
-        for connection in Connection.objects.filter(from_element_id=step.element_id).order_by(
-            "position", "id"
+        context = _context(step, run)
+        has_outgoing = False
+        for connection in (
+            Connection.objects.filter(from_element_id=step.element_id)
+            .select_related("to_element")
+            .order_by("position", "id")
         ):
+            has_outgoing = True
             if conditions_hold(
                 connection.conditions or [],
                 outcome=effect.outcome,
@@ -309,7 +318,7 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
             ):
                 next_elements.append(connection.to_element)
         if not next_elements:
-            output["ended"] = "no connection matched" if _has_outgoing(step) else "end"
+            output["ended"] = "no connection matched" if has_outgoing else "end"
     finished = RunStep.objects.filter(
         pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt
     ).update(
@@ -358,10 +367,6 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
         .order_by("id")
         .values_list("id", flat=True)
     )
-
-
-def _has_outgoing(step: RunStep) -> bool:
-    return Connection.objects.filter(from_element_id=step.element_id).exists()
 
 
 def _run_settle(
