@@ -254,13 +254,18 @@ class IntegrationAdmin(ScopedAdmin):
         extra_context = extra_context or {}
         obj = self.get_object(request, object_id) if object_id else None
         if obj is not None:
-            figures = integration_figures(integration=obj)
-            extra_context.update(
-                figures=figures,
-                chart_data=json.dumps(_chart(figures)),
-                latest_logs=recent_logs(integration=obj),
-            )
+            extra_context.update(self.change_page_context(request, obj))
         return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def change_page_context(self, request: HttpRequest, obj: Integration) -> dict[str, Any]:
+        """What the integration page shows below the form (figures, latest calls);
+        subclasses add to it."""
+        figures = integration_figures(integration=obj)
+        return {
+            "figures": figures,
+            "chart_data": json.dumps(_chart(figures)),
+            "latest_logs": recent_logs(integration=obj),
+        }
 
     # --- library, import, export ------------------------------------------------------
 

@@ -269,23 +269,14 @@ class ScenarioIntegrationAdmin(IntegrationAdmin):
                 continue
             yield formset, inline
 
-    def changeform_view(
-        self,
-        request: HttpRequest,
-        object_id: str | None = None,
-        form_url: str = "",
-        extra_context: dict | None = None,
-    ) -> HttpResponse:
-        extra_context = extra_context or {}
-        obj = self.get_object(request, object_id) if object_id else None
-        if obj is not None:
-            extra_context.update(
-                scenario_svg=scenario_svg(obj),
-                scenario_runs=obj.runs.select_related("lead")[:5],
-                scenario_can_run=self.has_change_permission(request, obj),
-                scenario_has_start=obj.elements.filter(kind=Element.Kind.START).exists(),
-            )
-        return super().changeform_view(request, object_id, form_url, extra_context)
+    def change_page_context(self, request: HttpRequest, obj: Integration) -> dict[str, Any]:
+        return {
+            **super().change_page_context(request, obj),
+            "scenario_svg": scenario_svg(obj),
+            "scenario_runs": obj.runs.select_related("lead")[:5],
+            "scenario_can_run": self.has_change_permission(request, obj),
+            "scenario_has_start": obj.elements.filter(kind=Element.Kind.START).exists(),
+        }
 
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view

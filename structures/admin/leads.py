@@ -86,27 +86,8 @@ class LeadAdmin(ScopedAdmin):
         ("Tracking", {"fields": ["external_id", "sub1", "sub2", "sub3", "sub4", "sub5", "ip"]}),
         ("Timing", {"fields": ["created_at", "decided_at", "duplicate_of"]}),
     ]
-    readonly_fields = [
-        "pcid",
-        "status",
-        "reason",
-        "workspace",
-        "partner",
-        "structure",
-        "source",
-        "is_test",
-        "values_table",
-        "external_id",
-        "sub1",
-        "sub2",
-        "sub3",
-        "sub4",
-        "sub5",
-        "ip",
-        "created_at",
-        "decided_at",
-        "duplicate_of",
-    ]
+    # Everything on the page is read-only: a lead's values are evidence.
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
 
     @display(description="status", ordering="status", label=STATUS_COLOURS)
     def status_badge(self, obj: Lead) -> str:
