@@ -34,6 +34,9 @@ class Element(models.Model):
         WAIT = "wait", "Wait"
         REPEATER = "repeater", "Repeater"
         BREAKER = "breaker", "Breaker"
+        # Filled by the webhooks app (integrations.engine.registry): parks the run until
+        # the buyer calls back, or until its timeout.
+        WEBHOOK = "webhook", "Webhook (wait for a callback)"
 
     workspace = models.ForeignKey(
         "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
@@ -206,6 +209,14 @@ class ScenarioRun(models.Model):
         "dry run", default=False, help_text="Nothing is sent; requests are only rendered."
     )
     reason = models.CharField("reason", max_length=500, blank=True)
+    result = models.JSONField(
+        "result",
+        default=dict,
+        blank=True,
+        help_text="The last answer of a request or callback: kind (accepted, rejected, "
+        "pending, ...), reason and captured values (price, redirect URL, buyer's lead id); "
+        "while parked on a webhook also waiting: webhook and blocking: true/false.",
+    )
     created_at = models.DateTimeField("started", auto_now_add=True)
     deadline_at = models.DateTimeField(
         "deadline",

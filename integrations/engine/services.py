@@ -16,7 +16,6 @@ How a step runs exactly once:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +34,8 @@ from integrations.engine.overrides import (
     overrides_read,
     spec_apply_overrides,
 )
+from integrations.engine.registry import ELEMENT_HANDLERS, Effect, StepCall
+from integrations.engine.signals import run_finished
 from integrations.engine.waits import WaitConfigError, wait_until
 from integrations.models import Connection, Element, Integration, RunStep, ScenarioRun
 from structures.models import Lead
@@ -63,20 +64,6 @@ RunStatus = ScenarioRun.Status
 
 class EngineError(Exception):
     """A run cannot be started or continued as asked."""
-
-
-@dataclass
-class _Effect:
-    """What executing one element did, applied under the run's lock."""
-
-    outcome: dict[str, Any]
-    variables: dict[str, Any] = field(default_factory=dict)
-    due_at: datetime | None = None  # waits: when the next steps are due
-    stop_reason: str = ""  # breaker: the branch stops and the run fails
-    failed: bool = False
-    lead_fields: dict[str, Any] = field(default_factory=dict)
-    end_reason: str = ""  # repeater: the loop ends here and the run goes on (or succeeds)
-    overrides_used: bool = False  # a request consumed the pending "modify request"
 
 
 def _timezone_name(run: ScenarioRun) -> str:
@@ -197,7 +184,7 @@ def _context(step: RunStep, run: ScenarioRun) -> dict[str, Any]:
     return lead_context(run.lead, variables=run.variables)
 
 
-def _request_effect(step: RunStep, run: ScenarioRun) -> _Effect:
+def _request_effect(step: RunStep, run: ScenarioRun) -> Effect:
     element = _acting(step.element)
     in_flight_until = timezone.now() + timedelta(seconds=element.request_step.timeout_seconds)
     RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt).update(
@@ -215,22 +202,50 @@ def _request_effect(step: RunStep, run: ScenarioRun) -> _Effect:
         ),
     )
     outcome = result.outcome
-    return _Effect(
+    return Effect(
         outcome=_outcome_dict(outcome),
         variables=dict(outcome.variables),
         overrides_used=bool(overrides),
     )
 
 
-def _tool_effect(step: RunStep, run: ScenarioRun) -> _Effect:
+_BUILT_IN_TOOLS = frozenset(
+    (Kind.START, Kind.MODIFY_FIELD, Kind.SET_VARIABLE, Kind.SET_EVENT, Kind.MODIFY_REQUEST,
+     Kind.WAIT, Kind.BREAKER, Kind.REPEATER, Kind.MIRROR)
+)  # fmt: skip
+
+
+def _tool_effect(step: RunStep, run: ScenarioRun) -> Effect:
     """Every element but a request; runs under the run's lock (counters, variables)."""
     element = _acting(step.element)
     config = element.config or {}
     # Tools and flow control pass the previous outcome on, so a connection after a wait
     # can still branch on what the request before it answered.
     outcome = dict(step.input.get("outcome") or {"kind": "", "reason": "", "captured": {}})
-    effect = _Effect(outcome=outcome)
+    effect = Effect(outcome=outcome)
     kind = element.kind
+    handler = ELEMENT_HANDLERS.get(kind)
+    if handler is not None:
+        return handler(
+            StepCall(
+                step=step,
+                run=run,
+                element=element,
+                config=config,
+                previous_outcome=outcome,
+                context=_context(step, run),
+                resumed=step.input.get("resumed"),
+                parked=bool(step.input.get("parked")),
+            )
+        )
+    if kind not in _BUILT_IN_TOOLS:
+        effect.outcome = {
+            "kind": "error",
+            "reason": f"{element.name}: no handler for {kind!r} elements is installed",
+            "captured": {},
+        }
+        effect.failed = True
+        return effect
     try:
         if kind in (Kind.MODIFY_FIELD, Kind.SET_VARIABLE):
             name = str(config.get("field") if kind == Kind.MODIFY_FIELD else config.get("name"))
@@ -282,13 +297,20 @@ def _tool_effect(step: RunStep, run: ScenarioRun) -> _Effect:
     return effect
 
 
-def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) -> list[int]:
+def _record(step: RunStep, run: ScenarioRun, effect: Effect, started: float) -> list[int]:
     """Finish the step (if still ours), schedule the next ones, maybe finish the run."""
     now = timezone.now()
     output: dict[str, Any] = {"outcome": effect.outcome}
     if effect.variables:
         output["variables"] = effect.variables
     run_over = run.status in ScenarioRun.FINISHED  # cancelled or timed out meanwhile
+    acting_kind = _acting(step.element).kind
+    if effect.outcome.get("kind") and (
+        acting_kind == Kind.REQUEST or acting_kind in ELEMENT_HANDLERS
+    ):
+        run.result = dict(effect.outcome)
+    if effect.park_until is not None and not run_over:
+        return _park(step, run, effect, now)
     if effect.overrides_used:
         run.variables.pop(OVERRIDES_KEY, None)  # they apply to one request only
     run.variables.update(effect.variables)
@@ -340,7 +362,7 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
     if run_over:
         # The run was finished by someone else (cancel, deadline) while this step ran:
         # keep its status and reason, record what the step did and go no further.
-        run.save(update_fields=["variables", "counters"])
+        run.save(update_fields=["variables", "counters", "result"])
         return []
     due_at = effect.due_at or now
     due_now = due_at <= now
@@ -359,7 +381,13 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
         ],
         ignore_conflicts=True,
     )
-    _run_settle(run=run, last_outcome=effect.outcome, now=now, failed=effect.failed)
+    _run_settle(
+        run=run,
+        last_outcome=effect.outcome,
+        now=now,
+        failed=effect.failed,
+        timed_out=effect.timed_out,
+    )
     if not due_now:
         return []
     return list(
@@ -369,14 +397,71 @@ def _record(step: RunStep, run: ScenarioRun, effect: _Effect, started: float) ->
     )
 
 
+def _park(step: RunStep, run: ScenarioRun, effect: Effect, now: datetime) -> list[int]:
+    """Leave the step pending until it is resumed (step_resume) or its time comes."""
+    parked = RunStep.objects.filter(
+        pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt
+    ).update(
+        status=StepStatus.PENDING,
+        due_at=effect.park_until,
+        claimed_at=None,
+        enqueued_at=None,
+        input={**step.input, "parked": True, "blocking": effect.park_blocking},
+        output={"parked": effect.park_note or "waiting", "outcome": effect.outcome},
+    )
+    if not parked:
+        log.warning("engine.step_lost_lease", step_id=step.pk, attempt=step.attempt)
+        transaction.set_rollback(True)
+        return []
+    run.variables.update(effect.variables)
+    run.result = {**effect.outcome, "waiting": "webhook", "blocking": effect.park_blocking}
+    _run_settle(run=run, last_outcome=effect.outcome, now=now, failed=False)
+    return []
+
+
+def step_resume(*, step_id: int, data: dict[str, Any]) -> bool:
+    """Resume a parked step with ``data`` (a callback's payload): it becomes due now and
+    a task is sent after commit. False when the step is not parked any more (resumed
+    already, timed out, cancelled): a second identical callback changes nothing."""
+    from integrations.tasks import step_execute_task
+
+    with transaction.atomic():
+        step = (
+            RunStep.objects.select_for_update()
+            .filter(pk=step_id, status=StepStatus.PENDING)
+            .only("id", "run_id", "input")
+            .first()
+        )
+        if step is None or not step.input.get("parked") or "resumed" in step.input:
+            return False
+        now = timezone.now()
+        RunStep.objects.filter(pk=step_id).update(
+            input={**step.input, "resumed": data}, due_at=now, enqueued_at=now
+        )
+        ScenarioRun.objects.filter(pk=step.run_id, status=RunStatus.WAITING).update(
+            status=RunStatus.RUNNING
+        )
+        transaction.on_commit(lambda: step_execute_task.delay(step_id), robust=True)
+    log.info("engine.step_resumed", step_id=step_id, run_id=step.run_id)
+    return True
+
+
 def _run_settle(
-    *, run: ScenarioRun, last_outcome: dict[str, Any], now: datetime, failed: bool
+    *,
+    run: ScenarioRun,
+    last_outcome: dict[str, Any],
+    now: datetime,
+    failed: bool,
+    timed_out: bool = False,
 ) -> None:
     """Under the run's lock: finished when nothing is pending or running, waiting when
     all that is left is due later, running otherwise."""
     live = RunStep.objects.filter(run=run, status__in=(StepStatus.PENDING, StepStatus.RUNNING))
     if not live.exists():
-        if run.reason == BREAKER_REASON:
+        if timed_out:
+            run.status = RunStatus.TIMED_OUT
+            run.reason = str(last_outcome.get("reason") or DEADLINE_REASON)[:500]
+        elif run.reason == BREAKER_REASON:
             run.status = RunStatus.FAILED
         elif failed or (last_outcome.get("kind") in FAILING_KINDS and not run.is_dry_run):
             run.status = RunStatus.FAILED
@@ -384,11 +469,19 @@ def _run_settle(
         else:
             run.status = RunStatus.SUCCEEDED
         run.finished_at = now
+        _announce_finished(run.pk, run.status, run.result)
     elif not live.filter(Q(status=StepStatus.RUNNING) | Q(due_at__lte=now)).exists():
         run.status = RunStatus.WAITING
     else:
         run.status = RunStatus.RUNNING
-    run.save(update_fields=["status", "reason", "variables", "counters", "finished_at"])
+    run.save(update_fields=["status", "reason", "variables", "counters", "finished_at", "result"])
+
+
+def _announce_finished(run_id: int, status: str, result: dict[str, Any]) -> None:
+    transaction.on_commit(
+        lambda: run_finished.send(sender=ScenarioRun, run_id=run_id, status=status, result=result),
+        robust=True,
+    )
 
 
 # --- ending early -------------------------------------------------------------------------
@@ -407,6 +500,8 @@ def _run_finish_early(*, run_id: int, status: str, reason: str) -> bool:
             RunStep.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, finished_at=now, output={"ended": reason[:500]}
             )
+            result = ScenarioRun.objects.filter(pk=run_id).values_list("result", flat=True).first()
+            _announce_finished(run_id, status, result or {})
     if ended:
         log.info("engine.run_ended_early", run_id=run_id, status=status, reason=reason)
     return bool(ended)
