@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake bench-integration bench-engine clean
+.PHONY: run test lint format venv deps dev-deps services lock e2e bench-intake bench-integration bench-engine bench-pingtree bench-callbacks clean
 
 $(BIN)/uv:
 	@$(PY) -m venv $(VENV)
@@ -59,6 +59,12 @@ bench-integration: dev-deps
 
 bench-engine: dev-deps
 	@source scripts/test-env.sh && $(BIN)/python bench/engine.py
+
+bench-pingtree: dev-deps
+	@source scripts/test-env.sh && $(BIN)/python bench/pingtree.py
+
+bench-callbacks: dev-deps
+	@source scripts/test-env.sh && $(BIN)/python bench/callbacks.py
 
 clean:
 	rm -rf var .venv
