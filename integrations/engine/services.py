@@ -96,7 +96,11 @@ def run_start(
     """Create a run and a step due now for each matching start element (same step
     meaning and trigger: ``default`` or ``action``). Nothing is dispatched here: the
     caller drives it (run_drive), enqueues the steps, or leaves them to the sweeper.
-    With ``deadline_seconds`` the run is timed out if still unfinished by then."""
+    With ``deadline_seconds`` the run is timed out if still unfinished by then.
+    An integration without any element gets its default scenario first
+    (``scenario_default_build``)."""
+    if not integration.elements.exists():
+        scenario_default_build(integration=integration)
     starts = [
         element
         for element in integration.elements.filter(kind=Kind.START, meaning=meaning)
@@ -125,6 +129,56 @@ def run_start(
         )
     log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk, starts=len(starts))
     return run
+
+
+def scenario_default_build(*, integration: Integration) -> int:
+    """Give an integration without elements the scenario its requests imply: for each
+    step meaning among its requests, a start of that meaning followed by those requests
+    in order, each next one only when the one before was accepted. So an integration
+    installed from the library (a ping and a post request) runs as ping and post at
+    once, and shows in the scenario editor like any other. Returns how many elements
+    were made (0 when another process made them first or there are already some)."""
+    with transaction.atomic():
+        # Two first runs at once: the row lock makes the second see the first's graph.
+        Integration.objects.select_for_update().filter(pk=integration.pk).first()
+        if integration.elements.exists():
+            return 0
+        made = 0
+        by_meaning: dict[str, list[Any]] = {}
+        for request_step in integration.requests.order_by("position", "id"):
+            by_meaning.setdefault(request_step.meaning or "post", []).append(request_step)
+        accepted = [{"source": "outcome", "operator": "equals", "value": "accepted"}]
+        for position, (meaning, request_steps) in enumerate(by_meaning.items()):
+            previous = Element.objects.create(
+                workspace_id=integration.workspace_id,
+                integration=integration,
+                name=f"Start ({meaning.replace('_', ' ')})",
+                kind=Kind.START,
+                meaning=meaning,
+                position=position * 100,
+            )
+            made += 1
+            for index, request_step in enumerate(request_steps, start=1):
+                element = Element.objects.create(
+                    workspace_id=integration.workspace_id,
+                    integration=integration,
+                    name=request_step.name or f"Request {index}",
+                    kind=Kind.REQUEST,
+                    meaning=meaning,
+                    request_step=request_step,
+                    position=position * 100 + index,
+                )
+                made += 1
+                Connection.objects.create(
+                    workspace_id=integration.workspace_id,
+                    integration=integration,
+                    from_element=previous,
+                    to_element=element,
+                    conditions=[] if previous.kind == Kind.START else accepted,
+                )
+                previous = element
+    log.info("engine.scenario_default_build", integration_id=integration.pk, elements=made)
+    return made
 
 
 # --- one step -----------------------------------------------------------------------------
