@@ -253,3 +253,10 @@ UNFOLD = {
         "show_all_applications": True,
     },
 }
+
+# Webhooks: callbacks that arrived before their lead was waiting are matched by this sweep.
+CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
+    "task": "webhooks.sweep",
+    "schedule": SWEEPER_INTERVAL_SECONDS,
+    "options": {"expires": max(SWEEPER_INTERVAL_SECONDS * 2, 10)},
+}

@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class WebhooksConfig(AppConfig):
     name = "webhooks"
     verbose_name = "Webhooks"
+
+    def ready(self) -> None:
+        # The engine never imports this app: the webhook step is registered here.
+        from integrations.engine.registry import register_element
+        from integrations.models import Element
+        from webhooks.step import handle
+
+        register_element(Element.Kind.WEBHOOK, handle)

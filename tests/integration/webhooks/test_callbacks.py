@@ -1,0 +1,426 @@
+"""The public callback URL against parked scenario runs: each pairing path (pcid in the
+query, a form, a JSON path, a header; the buyer's id with a fixed or a named advertiser),
+the exact 404, duplicate, early and late callbacks, the timeout path, cancelled runs,
+a deadline racing a callback, webhook triggers and a reused webhook id."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from integrations.engine import services as engine
+from integrations.engine.signals import run_finished
+from integrations.models import Element, RunStep, ScenarioRun
+from tests.integration.webhooks.conftest import make_hook
+from webhooks import services
+from webhooks.models import InboundWebhookRequest, WaitingWebhook
+
+pytestmark = pytest.mark.django_db
+Kind = Element.Kind
+NOT_FOUND = b'{"code":404,"message":"Waiting Webhook not found for provided token and identifiers"}'
+Inbound = InboundWebhookRequest.Status
+Waiting = WaitingWebhook.Status
+
+
+@pytest.fixture
+def finished():
+    calls = []
+
+    def receiver(sender, **kwargs):
+        calls.append(kwargs)
+
+    run_finished.connect(receiver)
+    yield calls
+    run_finished.disconnect(receiver)
+
+
+def test_pcid_in_json_resumes_the_run_with_outcome_captures_and_variables(
+    hook, lead, finished, django_capture_on_commit_callbacks
+):
+    run = hook.start(lead)
+    assert run.status == ScenarioRun.Status.WAITING
+    assert run.result["kind"] == "pending" and run.result["blocking"] is True
+    waiting = hook.waiting(run)
+    assert (waiting.status, waiting.pcid, waiting.lead_id) == (Waiting.WAITING, lead.pcid, lead.pk)
+    assert waiting.deadline_at > timezone.now() + timedelta(seconds=590)
+
+    body = {"pcid": lead.pcid, "status": "sold", "price": "$12.50", "lead_id": "B-1",
+            "note": "call after 5"}  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hook.call(json_body=body)
+    assert response.status_code == 200
+    assert response.json() == {"code": 200, "message": "Webhook received"}
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+    captured = {"price": "12.50", "buyer_lead_id": "B-1", "lead_field:g_buyer_note": "call after 5"}
+    assert run.result == {"kind": "accepted", "reason": "", "captured": captured}
+    assert run.variables["after"] == "yes"
+    assert run.variables["webhook_status"] == "sold"
+    lead.refresh_from_db()
+    assert lead.data["g_buyer_note"] == "call after 5"
+    waiting.refresh_from_db()
+    inbound = InboundWebhookRequest.objects.get()
+    assert waiting.status == Waiting.MATCHED and waiting.matched_request_id == inbound.pk
+    assert inbound.status == Inbound.MATCHED and inbound.waiting_id == waiting.pk
+    assert inbound.path == f"/webhooks/{hook.endpoint.webhook_id}/"  # no token stored
+    assert hook.token not in json.dumps([inbound.path, inbound.query, inbound.headers])
+    assert [c["status"] for c in finished] == ["succeeded"]
+
+
+def test_rejection_from_the_rules_ends_the_branch_with_its_reason(
+    hook, lead, django_capture_on_commit_callbacks
+):
+    run = hook.start(lead)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert hook.call(json_body={"pcid": lead.pcid, "status": "rejected"}).status_code == 200
+    run.refresh_from_db()
+    assert run.result["kind"] == "rejected" and run.result["reason"] == "buyer said no"
+    assert "after" not in run.variables
+
+
+def test_pcid_in_the_query_of_a_get(lead_setup, lead, django_capture_on_commit_callbacks):
+    hook = make_hook(
+        lead_setup,
+        config={
+            "rules": [
+                {"conditions": [{"source": "query", "key": "result", "value": "ok"}],
+                 "outcome": "accepted"}
+            ],
+            "captures": [{"source": "query", "key": "payout", "target": "price"}],
+            "default_outcome": "rejected",
+        },
+        endpoint_kwargs={"id_location": "query", "id_key": "subid"},
+    )  # fmt: skip
+    run = hook.start(lead)
+    with django_capture_on_commit_callbacks(execute=True):
+        query = {"subid": lead.pcid, "result": "ok", "payout": "7"}
+        response = hook.call(method="get", query=query)
+    assert response.status_code == 200
+    run.refresh_from_db()
+    assert run.result["kind"] == "accepted" and run.result["captured"]["price"] == "7"
+
+
+def test_pcid_in_a_form_body(lead_setup, lead, django_capture_on_commit_callbacks):
+    hook = make_hook(lead_setup, endpoint_kwargs={"id_location": "body", "id_key": "click"})
+    run = hook.start(lead)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hook.call(form={"click": lead.pcid, "status": "approved", "price": "3.10"})
+    assert response.status_code == 200
+    run.refresh_from_db()
+    assert run.result["kind"] == "accepted" and run.result["captured"]["price"] == "3.10"
+
+
+def test_pcid_at_a_json_path(lead_setup, lead, django_capture_on_commit_callbacks):
+    hook = make_hook(lead_setup, endpoint_kwargs={"id_location": "body", "id_key": "data.lead.id"})
+    run = hook.start(lead)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hook.call(json_body={"data": {"lead": {"id": lead.pcid}}, "status": "sold"})
+    assert response.status_code == 200
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_pcid_in_a_header(lead_setup, lead, django_capture_on_commit_callbacks):
+    hook = make_hook(lead_setup, endpoint_kwargs={"id_location": "header", "id_key": "X-Lead-Id"})
+    run = hook.start(lead)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hook.call(json_body={"status": "sold"}, headers={"X-Lead-Id": lead.pcid})
+    assert response.status_code == 200
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_buyers_id_with_the_endpoints_advertiser(
+    lead_setup, lead, advertiser, django_capture_on_commit_callbacks
+):
+    hook = make_hook(
+        lead_setup,
+        config={"external_id": "{{BUYER_ID}}"},
+        endpoint_kwargs={"match_by": "external_id", "id_key": "lead_id", "advertiser": advertiser},
+    )
+    run = hook.start(lead, BUYER_ID="B-77")
+    waiting = hook.waiting(run)
+    assert (waiting.external_id, waiting.advertiser_id) == ("B-77", advertiser.pk)
+    # Our pcid is no use on this endpoint: it pairs by the buyer's id.
+    response = hook.call(json_body={"lead_id": lead.pcid, "status": "sold"})
+    assert response.status_code == 404 and response.content == NOT_FOUND
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hook.call(json_body={"lead_id": "B-77", "status": "sold"})
+    assert response.status_code == 200
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_buyers_id_with_the_advertiser_named_in_the_callback(
+    lead_setup, lead, advertiser, django_capture_on_commit_callbacks
+):
+    hook = make_hook(
+        lead_setup,
+        endpoint_kwargs={
+            "match_by": "external_id", "id_key": "lead_id", "advertiser_key": "advertiser_id",
+            "id_location": "query",
+        },
+    )  # fmt: skip
+    # The ping tree names the offer's advertiser; the request before captured the id.
+    run = hook.start(lead, ADVERTISER_ID=str(advertiser.pk))
+    assert run.status == ScenarioRun.Status.FAILED  # no buyer id captured: a clear error
+    assert "there is none" in run.reason
+
+    hook2 = make_hook(
+        lead_setup,
+        webhook_id="wh_other",
+        config={"external_id": "{{BUYER_ID}}"},
+        endpoint_kwargs={
+            "match_by": "external_id", "id_key": "lead_id", "advertiser_key": "advertiser_id",
+            "id_location": "query",
+        },
+    )  # fmt: skip
+    run = hook2.start(lead, ADVERTISER_ID=str(advertiser.pk), BUYER_ID="X9")
+    wrong = hook2.call(query={"lead_id": "X9", "advertiser_id": str(advertiser.pk + 1000)})
+    assert wrong.status_code == 404 and wrong.content == NOT_FOUND
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = hook2.call(
+            query={"lead_id": "X9", "advertiser_id": str(advertiser.pk)},
+            json_body={"status": "sold"},
+        )
+    assert ok.status_code == 200
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_nothing_waiting_answers_the_exact_404(hook, lead):
+    response = hook.call(json_body={"pcid": lead.pcid, "status": "sold"})
+    assert response.status_code == 404
+    assert response.content == NOT_FOUND
+    assert response["Content-Type"] == "application/json"
+
+
+def test_unknown_wrong_and_revoked_urls_get_the_same_404(hook, lead):
+    hook.start(lead)
+    answers = [
+        hook.call(json_body={"pcid": lead.pcid}, path="/webhooks/wh_nope/whatever/"),
+        hook.call(json_body={"pcid": lead.pcid}, path=f"/webhooks/{hook.endpoint.webhook_id}/x/"),
+    ]
+    hook.endpoint.is_enabled = False
+    hook.endpoint.save()
+    answers.append(hook.call(json_body={"pcid": lead.pcid, "status": "sold"}))
+    assert {(a.status_code, a.content) for a in answers} == {(404, NOT_FOUND)}
+    assert WaitingWebhook.objects.get().status == Waiting.WAITING
+    assert not InboundWebhookRequest.objects.exists()  # nothing stored for unknown URLs
+
+
+def test_the_same_callback_twice_changes_state_once(
+    hook, lead, finished, django_capture_on_commit_callbacks
+):
+    run = hook.start(lead)
+    body = {"pcid": lead.pcid, "status": "sold", "price": "10"}
+    with django_capture_on_commit_callbacks(execute=True):
+        first = hook.call(json_body=body)
+        second = hook.call(json_body=body | {"price": "99"})
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json()["message"] == "Webhook already received"
+    run.refresh_from_db()
+    assert run.result["captured"]["price"] == "10"
+    step = hook.parked_step(run)
+    assert step.status == RunStep.Status.DONE and step.input["resumed"]["inbound_id"]
+    statuses = list(InboundWebhookRequest.objects.order_by("id").values_list("status", flat=True))
+    assert statuses == [Inbound.MATCHED, Inbound.DUPLICATE]
+    assert len(finished) == 1
+
+
+def test_an_early_callback_is_taken_when_the_lead_starts_waiting(
+    hook, lead, django_capture_on_commit_callbacks
+):
+    early = hook.call(json_body={"pcid": lead.pcid, "status": "sold", "price": "5"})
+    assert early.status_code == 404 and early.content == NOT_FOUND
+    assert InboundWebhookRequest.objects.get().status == Inbound.UNMATCHED
+    run = hook.start(lead)
+    assert run.status == ScenarioRun.Status.SUCCEEDED  # never parked
+    assert run.result["captured"]["price"] == "5"
+    assert hook.waiting(run).status == Waiting.MATCHED
+    assert InboundWebhookRequest.objects.get().status == Inbound.MATCHED
+
+
+def test_a_callback_before_the_waiting_row_committed_is_matched_by_the_sweep(
+    hook, lead, monkeypatch, django_capture_on_commit_callbacks
+):
+    # The buyer answers while the step's transaction is still open: the step looked for
+    # early callbacks before this one was stored, and the callback found no committed
+    # waiting row. The sweep matches it within its interval.
+    early = hook.call(json_body={"pcid": lead.pcid, "status": "sold", "price": "8"})
+    assert early.status_code == 404
+    original = services._early_callback
+    monkeypatch.setattr(services, "_early_callback", lambda **kwargs: None)
+    run = hook.start(lead)
+    assert run.status == ScenarioRun.Status.WAITING
+    monkeypatch.setattr(services, "_early_callback", original)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.waiting_sweep()["matched"] == 1
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+    assert run.result["captured"]["price"] == "8"
+    assert InboundWebhookRequest.objects.get().status == Inbound.MATCHED
+    assert services.waiting_sweep()["matched"] == 0
+
+
+def test_unmatched_callbacks_are_given_up_after_the_early_window(hook, lead):
+    hook.call(json_body={"pcid": lead.pcid})
+    InboundWebhookRequest.objects.update(
+        received_at=timezone.now() - timedelta(seconds=services.EARLY_MATCH_SECONDS + 1)
+    )
+    assert services.waiting_sweep()["given_up"] == 1
+    assert InboundWebhookRequest.objects.get().status == Inbound.NOT_FOUND
+    hook.start(lead)
+    assert WaitingWebhook.objects.get().status == Waiting.WAITING
+
+
+def test_timeout_times_the_run_out_and_tells_the_ping_tree(
+    hook, lead, finished, django_capture_on_commit_callbacks
+):
+    run = hook.start(lead)
+    step = hook.parked_step(run)
+    RunStep.objects.filter(pk=step.pk).update(due_at=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.steps_drive(deadline_seconds=5)
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.TIMED_OUT
+    assert run.result["kind"] == "timeout" and "600 s" in run.reason
+    assert finished[-1]["status"] == "timed_out" and finished[-1]["run_id"] == run.pk
+    assert hook.waiting(run).status == Waiting.TIMED_OUT
+    # A late callback: nothing waits any more.
+    late = hook.call(json_body={"pcid": lead.pcid, "status": "sold"})
+    assert late.status_code == 404 and late.content == NOT_FOUND
+    inbound = InboundWebhookRequest.objects.get()
+    assert inbound.status == Inbound.NOT_FOUND and "timed_out" in inbound.note
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.TIMED_OUT
+
+
+def test_a_callback_that_claimed_the_row_as_the_deadline_fired_still_counts(
+    hook, lead, django_capture_on_commit_callbacks
+):
+    run = hook.start(lead)
+    step = hook.parked_step(run)
+    # The callback claimed the waiting row; its resume lost against the sweeper, which
+    # had just handed the step its timeout visit.
+    RunStep.objects.filter(pk=step.pk).update(due_at=timezone.now() - timedelta(seconds=1))
+    claimed = RunStep.objects.filter(pk=step.pk).update(status=RunStep.Status.RUNNING)
+    assert claimed
+    answer = services._match(
+        endpoint=hook.endpoint,
+        inbound_id=_stored(hook, lead, {"pcid": lead.pcid, "status": "sold", "price": "4"}),
+        identifier=lead.pcid,
+        advertiser_id=None,
+        fresh=True,
+    )
+    assert answer is services.MATCHED
+    RunStep.objects.filter(pk=step.pk).update(status=RunStep.Status.PENDING)
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.steps_drive(deadline_seconds=5)
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+    assert run.result["captured"]["price"] == "4"
+
+
+def _stored(hook, lead, body) -> int:
+    return InboundWebhookRequest.objects.create(
+        workspace=hook.endpoint.workspace,
+        endpoint=hook.endpoint,
+        method="POST",
+        path=hook.endpoint.public_path,
+        content_type="application/json",
+        body=json.dumps(body),
+        identifier=lead.pcid,
+    ).pk
+
+
+def test_a_cancelled_run_makes_the_callback_a_404(hook, lead):
+    run = hook.start(lead)
+    engine.run_cancel(run_id=run.pk, reason="operator")
+    response = hook.call(json_body={"pcid": lead.pcid, "status": "sold"})
+    assert response.status_code == 404 and response.content == NOT_FOUND
+    assert hook.waiting(run).status == Waiting.CANCELLED
+
+
+def test_the_sweep_closes_waiting_rows_of_ended_runs(hook, lead):
+    run = hook.start(lead)
+    ScenarioRun.objects.filter(pk=run.pk).update(status=ScenarioRun.Status.CANCELLED)
+    assert services.waiting_sweep()["closed"] == 1
+    assert hook.waiting(run).status == Waiting.CANCELLED
+
+
+def test_without_waiting_the_run_parks_for_the_retention_and_is_not_blocking(
+    lead_setup, lead, django_capture_on_commit_callbacks
+):
+    hook = make_hook(lead_setup, config={"wait": False, "timeout_seconds": None})
+    run = hook.start(lead)
+    assert run.status == ScenarioRun.Status.WAITING
+    assert run.result["blocking"] is False
+    waiting = hook.waiting(run)
+    assert waiting.is_blocking is False
+    assert waiting.deadline_at > timezone.now() + timedelta(days=29)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert hook.call(json_body={"pcid": lead.pcid, "status": "sold"}).status_code == 200
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_an_unknown_endpoint_in_the_step_fails_the_run_clearly(lead_setup, lead):
+    hook = make_hook(lead_setup, config={"endpoint": "wh_missing"})
+    run = hook.start(lead)
+    assert run.status == ScenarioRun.Status.FAILED
+    assert "no webhook endpoint 'wh_missing'" in run.reason
+
+
+def test_a_deleted_endpoints_id_and_token_carry_over_to_its_successor(
+    hook, lead, django_capture_on_commit_callbacks
+):
+    run = hook.start(lead)
+    services.endpoint_delete(endpoint=hook.endpoint)
+    assert hook.call(json_body={"pcid": lead.pcid}).content == NOT_FOUND
+    successor, token = services.endpoint_create(
+        workspace=hook.endpoint.workspace, name="Acme again", webhook_id=hook.endpoint.webhook_id
+    )
+    assert token == hook.token and successor.pk != hook.endpoint.pk
+    assert hook.waiting(run).endpoint_id == successor.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        assert hook.call(json_body={"pcid": lead.pcid, "status": "sold"}).status_code == 200
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_a_webhook_trigger_starts_a_scenario_with_the_payload(
+    lead_setup, lead, django_capture_on_commit_callbacks
+):
+    from integrations.models import Integration
+
+    integration = Integration.objects.create(
+        workspace=lead_setup.workspace, name="Consent changes", status="enabled"
+    )
+    start = Element.objects.create(
+        workspace=lead_setup.workspace, integration=integration, kind=Kind.START, name="start",
+        config={"trigger": "webhook"},
+    )  # fmt: skip
+    note = Element.objects.create(
+        workspace=lead_setup.workspace, integration=integration, kind=Kind.SET_VARIABLE,
+        name="note", config={"name": "seen", "template": "{{consent}}"},
+    )  # fmt: skip
+    from integrations.models import Connection
+
+    Connection.objects.create(
+        workspace=lead_setup.workspace, integration=integration, from_element=start,
+        to_element=note,
+    )  # fmt: skip
+    hook = make_hook(lead_setup, endpoint_kwargs={"trigger_integration": integration})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hook.call(json_body={"pcid": lead.pcid, "consent": "withdrawn"})
+    assert response.status_code == 202
+    inbound = InboundWebhookRequest.objects.get()
+    assert inbound.status == Inbound.STARTED
+    run = ScenarioRun.objects.get(pk=inbound.started_run_id)
+    assert run.lead_id == lead.pk and run.variables["consent"] == "withdrawn"
+    assert run.variables["seen"] == "withdrawn"
+    assert run.status == ScenarioRun.Status.SUCCEEDED

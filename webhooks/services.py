@@ -1,0 +1,699 @@
+"""Writes of the webhooks app: endpoints and their secrets, receiving a callback (stored
+raw first, then matched to a waiting lead and the parked run resumed), parking and
+waking webhook steps, and the sweep that matches early callbacks.
+
+How one callback changes state once:
+
+1. the raw request is stored (one INSERT, committed) before anything else;
+2. one statement claims the oldest waiting row for the identifier
+   (``UPDATE ... WHERE id = (SELECT ... status='waiting' ...) AND status='waiting'``):
+   of two identical callbacks arriving together one claims it, the other updates
+   nothing, finds the row matched and is answered 2xx as a duplicate;
+3. the claimed row's step is resumed (``engine.step_resume``, its own transaction).
+
+The claim commits before the resume so that the lock order is always "waiting row, then
+(after commit) step and run", while the step's handler holds the run and then touches the
+waiting row: no deadlock. If the step's deadline fired in between (the step is running
+its timeout visit), the handler finds the row matched and uses the callback instead of
+timing out; a run cancelled meanwhile makes the callback a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets as pysecrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from integrations import secrets
+from integrations.engine import services as engine
+from integrations.engine.registry import Effect, StepCall
+from integrations.models import Integration, RunStep, ScenarioRun
+from integrations.outbound import is_sensitive_header
+from structures.models import Advertiser, Lead, Workspace
+from webhooks import signing
+from webhooks.models import InboundWebhookRequest, WaitingWebhook, WebhookEndpoint
+from webhooks.payloads import MAX_IDENTIFIER, Callback, clean_text
+from webhooks.step import WebhookStepConfig, callback_effect, deadline_for
+
+log = structlog.get_logger(__name__)
+
+Inbound = InboundWebhookRequest.Status
+Waiting = WaitingWebhook.Status
+
+NOT_FOUND_BODY = {
+    "code": 404,
+    "message": "Waiting Webhook not found for provided token and identifiers",
+}
+# An unknown (or revoked) URL: this many misses per source address and minute, then 429.
+UNKNOWN_LIMIT_PER_MINUTE = int(getattr(settings, "WEBHOOK_UNKNOWN_LIMIT_PER_MINUTE", 30))
+# A callback that found nothing waiting is kept this long: the waiting row may be in a
+# transaction not yet committed (the buyer answered faster than we parked).
+EARLY_MATCH_SECONDS = max(60.0, 3 * float(getattr(settings, "SWEEPER_INTERVAL_SECONDS", 5.0)))
+MAX_BODY_BYTES = int(getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024) or 256 * 1024)
+MAX_STORED_HEADERS = 60
+MASK = "***"
+
+
+class WebhookError(Exception):
+    """A refused operator action (shown as an admin message)."""
+
+
+# --- endpoints and their secrets -------------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    """Tokens are 192 random bits: a plain SHA-256 is enough to make a leaked table
+    useless for calling us, and cheap on every callback."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token_new() -> str:
+    return pysecrets.token_urlsafe(24)
+
+
+def endpoint_create(
+    *,
+    workspace: Workspace,
+    name: str,
+    webhook_id: str | None = None,
+    advertiser: Advertiser | None = None,
+    match_by: str = WebhookEndpoint.MatchBy.PCID,
+    id_location: str = WebhookEndpoint.Location.ANY,
+    id_key: str = "pcid",
+    advertiser_key: str = "",
+    allowed_ips: str = "",
+    trigger_integration: Integration | None = None,
+    is_enabled: bool = True,
+) -> tuple[WebhookEndpoint, str]:
+    """Create an endpoint; returns it and its token. Given the webhook id of a deleted
+    endpoint of the same workspace, the new one takes over its token (and its waiting
+    leads), so the URL the buyer has keeps working."""
+    endpoint = WebhookEndpoint(
+        workspace=workspace,
+        name=name,
+        advertiser=advertiser,
+        match_by=match_by,
+        id_location=id_location,
+        id_key=id_key,
+        advertiser_key=advertiser_key,
+        allowed_ips=allowed_ips,
+        trigger_integration=trigger_integration,
+        is_enabled=is_enabled,
+    )
+    if webhook_id:
+        endpoint.webhook_id = webhook_id
+    return endpoint_save_new(endpoint=endpoint)
+
+
+def endpoint_save_new(*, endpoint: WebhookEndpoint) -> tuple[WebhookEndpoint, str]:
+    """Save a new endpoint built by the caller (the admin form), with a token."""
+    with transaction.atomic():
+        previous = (
+            WebhookEndpoint.objects.select_for_update()
+            .filter(
+                workspace_id=endpoint.workspace_id,
+                webhook_id=endpoint.webhook_id,
+                deleted_at__isnull=False,
+            )
+            .order_by("-deleted_at")
+            .first()
+        )
+        if previous is not None and previous.token_encrypted:
+            token = secrets.decrypt(previous.token_encrypted)
+            endpoint.token_encrypted = previous.token_encrypted
+        else:
+            token = _token_new()
+            endpoint.token_encrypted = secrets.encrypt(token)
+        endpoint.token_hash = token_hash(token)
+        endpoint.full_clean()
+        endpoint.save()
+        if previous is not None:
+            WaitingWebhook.objects.filter(endpoint=previous, status=Waiting.WAITING).update(
+                endpoint=endpoint
+            )
+    log.info("webhooks.endpoint_created", endpoint_id=endpoint.pk, reused=previous is not None)
+    return endpoint, token
+
+
+def endpoint_token_rotate(*, endpoint: WebhookEndpoint) -> str:
+    """A new token: the old URL stops working at once (answered like an unknown one)."""
+    token = _token_new()
+    endpoint.token_encrypted = secrets.encrypt(token)
+    endpoint.token_hash = token_hash(token)
+    endpoint.save(update_fields=["token_encrypted", "token_hash"])
+    log.info("webhooks.token_rotated", endpoint_id=endpoint.pk)
+    return token
+
+
+def endpoint_signing_secret_set(*, endpoint: WebhookEndpoint, secret: str | None) -> str:
+    """Require Standard Webhooks signatures with ``secret`` (a new one when empty);
+    returns it. ``None`` turns the check off."""
+    if secret is None:
+        endpoint.signing_secret_encrypted = ""
+        endpoint.save(update_fields=["signing_secret_encrypted"])
+        return ""
+    secret = secret.strip() or signing.secret_generate()
+    try:
+        signing.secret_check(secret)
+    except ValueError as exc:
+        raise ValidationError({"signing_secret": str(exc)}) from exc
+    endpoint.signing_secret_encrypted = secrets.encrypt(secret)
+    endpoint.save(update_fields=["signing_secret_encrypted"])
+    return secret
+
+
+def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
+    """Soft delete: the URL stops answering, the log stays, and the webhook id (with its
+    token) can be given to a new endpoint of the workspace."""
+    WebhookEndpoint.objects.filter(pk=endpoint.pk, deleted_at__isnull=True).update(
+        deleted_at=timezone.now(), is_enabled=False
+    )
+    log.info("webhooks.endpoint_deleted", endpoint_id=endpoint.pk)
+
+
+def endpoint_for_token(*, webhook_id: str, token: str) -> WebhookEndpoint | None:
+    """The live, enabled endpoint this URL names, or None (unknown, revoked or a wrong
+    token are one answer). The token is compared by its hash in constant time."""
+    if len(webhook_id) > 64 or len(token) > 200:
+        return None
+    endpoint = (
+        WebhookEndpoint.objects.filter(webhook_id=webhook_id, deleted_at__isnull=True)
+        .only(
+            "id",
+            "workspace_id",
+            "webhook_id",
+            "token_hash",
+            "advertiser_id",
+            "match_by",
+            "id_location",
+            "id_key",
+            "advertiser_key",
+            "signing_secret_encrypted",
+            "allowed_ips",
+            "trigger_integration_id",
+            "is_enabled",
+        )  # fmt: skip
+        .first()
+    )
+    given = token_hash(token)
+    if endpoint is None:
+        hmac.compare_digest(given, given)  # the same work either way
+        return None
+    if not hmac.compare_digest(given, endpoint.token_hash) or not endpoint.is_enabled:
+        return None
+    return endpoint
+
+
+# --- rate limit for unknown URLs ----------------------------------------------------------------
+
+
+def _miss_key(ip: str) -> str:
+    return f"webhooks:miss:{ip}:{int(time.time() // 60)}"
+
+
+def source_is_limited(*, ip: str) -> bool:
+    """True when this address called unknown webhook URLs too often this minute."""
+    return int(cache.get(_miss_key(ip)) or 0) >= UNKNOWN_LIMIT_PER_MINUTE
+
+
+def source_miss(*, ip: str) -> None:
+    key = _miss_key(ip)
+    if not cache.add(key, 1, timeout=120):
+        try:
+            cache.incr(key)
+        except ValueError:  # expired in between
+            cache.add(key, 1, timeout=120)
+
+
+# --- receiving a callback ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def _answer(code: int, message: str) -> Answer:
+    return Answer(code, {"code": code, "message": message})
+
+
+MATCHED = _answer(200, "Webhook received")
+DUPLICATE = _answer(200, "Webhook already received")
+NOT_FOUND = Answer(404, NOT_FOUND_BODY)
+
+
+def ip_allowed(allowed: str, ip: str) -> bool:
+    entries = [e.strip() for e in allowed.replace(",", "\n").splitlines() if e.strip()]
+    if not entries:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for entry in entries:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _masked_headers(headers: list[tuple[str, str]]) -> list[list[str]]:
+    out = []
+    for name, value in headers[:MAX_STORED_HEADERS]:
+        keep = name.lower() in ("webhook-id", "webhook-timestamp")
+        shown = value if keep or not is_sensitive_header(name) else MASK
+        out.append([clean_text(name)[:100], clean_text(shown)[:1000]])
+    return out
+
+
+def _masked_query(query: list[tuple[str, str]]) -> list[list[str]]:
+    return [
+        [clean_text(n)[:200], MASK if is_sensitive_header(n) else clean_text(v)[:2000]]
+        for n, v in query[:200]
+    ]
+
+
+def _identifiers(endpoint: WebhookEndpoint, call: Callback) -> tuple[str | None, str | None]:
+    """(identifier, advertiser as sent) read where the endpoint says."""
+    identifier = call.read(endpoint.id_location, endpoint.id_key)
+    advertiser = None
+    if endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID and endpoint.advertiser_key:
+        advertiser = call.read(endpoint.id_location, endpoint.advertiser_key)
+    return identifier, advertiser
+
+
+def _advertiser_id(endpoint: WebhookEndpoint, sent: str | None) -> int | None:
+    if endpoint.advertiser_id is not None:
+        return endpoint.advertiser_id
+    if sent and sent.isdigit() and len(sent) < 19:
+        return int(sent)
+    return None
+
+
+def callback_receive(*, endpoint: WebhookEndpoint, call: Callback, ip: str, path: str) -> Answer:
+    """Store the callback, check it, and match it (or start the trigger's scenario)."""
+    identifier, advertiser_sent = _identifiers(endpoint, call)
+    status, note, message_id = Inbound.RECEIVED, "", ""
+    refusal: Answer | None = None
+    if not ip_allowed(endpoint.allowed_ips, ip):
+        status, note = Inbound.REFUSED, f"source address {ip} is not allowed"
+        refusal = _answer(403, "Source address not allowed")
+    elif endpoint.signing_secret_encrypted:
+        try:
+            message_id = signing.verify(
+                secrets.decrypt(endpoint.signing_secret_encrypted),
+                headers={n.lower(): v for n, v in call.headers},
+                body=call.body,
+                now=time.time(),
+            )
+        except signing.SignatureError as exc:
+            status, note = Inbound.REFUSED, f"signature: {exc}"
+            refusal = _answer(401, f"Invalid signature: {exc}")
+    if refusal is None and endpoint.trigger_integration_id is None and not identifier:
+        status = Inbound.INVALID
+        note = f"no {endpoint.id_key!r} in the {endpoint.get_id_location_display().lower()}"
+        refusal = _answer(400, f"Missing identifier {endpoint.id_key!r}")
+
+    row = InboundWebhookRequest(
+        workspace_id=endpoint.workspace_id,
+        endpoint_id=endpoint.pk,
+        method=call.method[:10],
+        path=path[:200],
+        query=_masked_query(call.query),
+        headers=_masked_headers(call.headers),
+        content_type=clean_text(call.content_type)[:200],
+        body=call.text,
+        source_ip=ip or None,
+        status=status,
+        note=note[:300],
+        identifier=(identifier or "")[:MAX_IDENTIFIER],
+        advertiser_ref=(advertiser_sent or "")[:64],
+        message_id=message_id,
+    )
+    if message_id:
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+        except IntegrityError:
+            # The unique (endpoint, message id) refused it: a replay of a signed message.
+            row.pk = None
+            row.message_id = ""
+            row.status, row.note = Inbound.REPLAY, f"webhook-id {message_id} seen before"
+            row.save(force_insert=True)
+            return _answer(409, "Message already received (webhook-id)")
+    else:
+        row.save(force_insert=True)
+    if refusal is not None:
+        return refusal
+    if endpoint.trigger_integration_id is not None:
+        return _trigger_start(endpoint=endpoint, row=row, call=call, identifier=identifier)
+    if identifier is None or len(identifier) > MAX_IDENTIFIER:
+        _inbound_set(row.pk, Inbound.NOT_FOUND, "identifier too long")
+        return NOT_FOUND
+    return _match(endpoint=endpoint, inbound_id=row.pk, identifier=identifier,
+                  advertiser_id=_advertiser_id(endpoint, advertiser_sent), fresh=True)  # fmt: skip
+
+
+def _inbound_set(inbound_id: int, status: str, note: str = "", **extra: Any) -> None:
+    InboundWebhookRequest.objects.filter(pk=inbound_id).update(
+        status=status, note=note[:300], **extra
+    )
+
+
+def _pairing_sql(endpoint: WebhookEndpoint) -> str:
+    if endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID:
+        return "endpoint_id = %(endpoint)s AND external_id = %(ident)s AND advertiser_id = %(adv)s"
+    return "endpoint_id = %(endpoint)s AND pcid = %(ident)s"
+
+
+def _match(
+    *,
+    endpoint: WebhookEndpoint,
+    inbound_id: int,
+    identifier: str,
+    advertiser_id: int | None,
+    fresh: bool,
+) -> Answer:
+    """Claim the oldest waiting row for the identifier and resume its step. ``fresh``:
+    the callback just arrived (an unmatched one is kept for a late waiting row)."""
+    external = endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID
+    if external and advertiser_id is None:
+        _inbound_set(inbound_id, Inbound.NOT_FOUND, "no advertiser to pair the buyer's id with")
+        return NOT_FOUND
+    waiting = WaitingWebhook._meta.db_table
+    inbound = InboundWebhookRequest._meta.db_table
+    where = _pairing_sql(endpoint)
+    params = {"endpoint": endpoint.pk, "ident": identifier, "adv": advertiser_id,
+              "inbound": inbound_id, "now": timezone.now()}  # fmt: skip
+    # One statement (one round trip, its own transaction outside an atomic block):
+    # claim the waiting row and mark the inbound row matched together.
+    sql = f"""
+        WITH w AS (
+            UPDATE {waiting} SET status = 'matched', matched_request_id = %(inbound)s,
+                matched_at = %(now)s
+            WHERE id = (SELECT id FROM {waiting} WHERE {where} AND status = 'waiting'
+                        ORDER BY id LIMIT 1)
+              AND status = 'waiting'
+            RETURNING id, step_id
+        ), i AS (
+            UPDATE {inbound} SET status = 'matched', waiting_id = (SELECT id FROM w)
+            WHERE id = %(inbound)s AND EXISTS (SELECT 1 FROM w)
+        )
+        SELECT id, step_id FROM w
+    """  # noqa: S608 - table names from the models, values bound
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        claimed = cursor.fetchone()
+    if claimed is not None:
+        waiting_id, step_id = claimed
+        if engine.step_resume(step_id=step_id, data={"inbound_id": inbound_id}):
+            return MATCHED
+        step_status = RunStep.objects.filter(pk=step_id).values_list("status", flat=True).first()
+        if step_status in (RunStep.Status.RUNNING, RunStep.Status.DONE, RunStep.Status.FAILED):
+            # Its deadline fired while we claimed it: the timeout visit of the step
+            # finds the row matched and takes this callback instead of timing out.
+            return MATCHED
+        # The run ended (cancelled, deadline): nothing waits any more.
+        WaitingWebhook.objects.filter(pk=waiting_id).update(status=Waiting.CANCELLED)
+        _inbound_set(inbound_id, Inbound.NOT_FOUND, "the run ended before the callback")
+        return NOT_FOUND
+    # Nothing waiting: a duplicate of a matched callback, a late one, or an early one.
+    lookup: dict[str, Any] = {"endpoint_id": endpoint.pk}
+    if external:
+        lookup.update(external_id=identifier, advertiser_id=advertiser_id)
+    else:
+        lookup["pcid"] = identifier
+    last = (
+        WaitingWebhook.objects.filter(**lookup).order_by("-id").values_list("id", "status").first()
+    )
+    if last is not None and last[1] == Waiting.MATCHED:
+        _inbound_set(inbound_id, Inbound.DUPLICATE, "already matched", waiting_id=last[0])
+        return DUPLICATE
+    if last is not None and fresh:
+        _inbound_set(inbound_id, Inbound.NOT_FOUND, f"the waiting webhook is {last[1]}")
+    elif fresh:
+        _inbound_set(inbound_id, Inbound.UNMATCHED, "nothing waiting yet")
+    return NOT_FOUND
+
+
+def _trigger_start(
+    *, endpoint: WebhookEndpoint, row: InboundWebhookRequest, call: Callback, identifier: str | None
+) -> Answer:
+    """A webhook trigger: start the scenario with the payload as variables (and the lead
+    named by its pcid, when the callback carries one of this workspace)."""
+    from integrations.tasks import step_execute_task
+
+    integration = Integration.objects.filter(
+        pk=endpoint.trigger_integration_id, workspace_id=endpoint.workspace_id
+    ).first()
+    lead = None
+    if identifier and endpoint.match_by == WebhookEndpoint.MatchBy.PCID:
+        lead = Lead.objects.filter(workspace_id=endpoint.workspace_id, pcid=identifier).first()
+    if integration is None:
+        _inbound_set(row.pk, Inbound.INVALID, "the trigger's integration is gone")
+        return NOT_FOUND
+    payload = call.payload()
+    payload.setdefault("WEBHOOK_ID", endpoint.webhook_id)
+    try:
+        with transaction.atomic():
+            run = engine.run_start(
+                integration=integration, lead=lead, trigger="webhook", variables=payload
+            )
+            _inbound_set(row.pk, Inbound.STARTED, "", started_run_id=run.pk)
+            due = list(
+                RunStep.objects.filter(run=run, status=RunStep.Status.PENDING).values_list(
+                    "id", flat=True
+                )
+            )
+            RunStep.objects.filter(pk__in=due).update(enqueued_at=timezone.now())
+            for step_id in due:
+                transaction.on_commit(lambda s=step_id: step_execute_task.delay(s), robust=True)
+    except engine.EngineError as exc:
+        _inbound_set(row.pk, Inbound.INVALID, str(exc))
+        return _answer(422, "This webhook cannot start its scenario (no webhook start)")
+    return _answer(202, "Scenario started")
+
+
+# --- the webhook step (called by the engine under the run's lock) -----------------------------
+
+
+def _error(call: StepCall, reason: str) -> Effect:
+    return Effect(
+        outcome={"kind": "error", "reason": f"{call.element.name}: {reason}", "captured": {}},
+        failed=True,
+    )
+
+
+def waiting_park(*, call: StepCall, config: WebhookStepConfig) -> Effect:
+    """First visit: write the waiting row and park the step (or, when the buyer already
+    called back for this lead a moment ago, take that callback at once)."""
+    run = call.run
+    endpoint = (
+        WebhookEndpoint.objects.filter(
+            workspace_id=run.workspace_id, webhook_id=config.endpoint, deleted_at__isnull=True
+        )
+        .only("id", "match_by", "advertiser_id", "is_enabled")
+        .first()
+    )
+    if endpoint is None:
+        return _error(call, f"no webhook endpoint {config.endpoint!r} in this workspace")
+    lead = run.lead if run.lead_id is not None else None
+    pcid = lead.pcid if lead is not None else ""
+    external_id = ""
+    if config.external_id:
+        from integrations import templating
+
+        try:
+            rendered = templating.render(config.external_id, call.context)
+            external_id = "" if rendered.dropped else str(rendered.value)
+        except templating.TemplateError as exc:
+            return _error(call, f"external_id: {exc}")
+    if not external_id:
+        external_id = str((call.previous_outcome.get("captured") or {}).get("buyer_lead_id") or "")
+    external_id = external_id.strip()[:MAX_IDENTIFIER]
+    advertiser_id = endpoint.advertiser_id
+    offered = str(run.variables.get("ADVERTISER_ID") or "")
+    if offered.isdigit() and len(offered) < 19:
+        advertiser_id = (
+            Advertiser.objects.filter(pk=int(offered), workspace_id=run.workspace_id)
+            .values_list("pk", flat=True)
+            .first()
+        ) or advertiser_id
+    external = endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID
+    if external and not external_id:
+        return _error(call, "pairing by the buyer's lead id, but there is none (capture it)")
+    if external and advertiser_id is None:
+        return _error(call, "pairing by the buyer's lead id needs an advertiser")
+    if not external and not pcid:
+        return _error(call, "pairing by pcid needs a lead")
+    deadline = deadline_for(config)
+    identifier = external_id if external else pcid
+    early = _early_callback(
+        endpoint=endpoint, identifier=identifier, advertiser_id=advertiser_id if external else None
+    )
+    waiting = WaitingWebhook.objects.create(
+        workspace_id=run.workspace_id,
+        endpoint=endpoint,
+        run=run,
+        step=call.step,
+        lead=lead,
+        pcid=pcid,
+        external_id=external_id,
+        advertiser_id=advertiser_id,
+        is_blocking=config.wait,
+        deadline_at=deadline,
+        status=Waiting.MATCHED if early is not None else Waiting.WAITING,
+        matched_request=early,
+        matched_at=timezone.now() if early is not None else None,
+    )
+    if early is not None:
+        _inbound_set(early.pk, Inbound.MATCHED, "matched when the lead started waiting",
+                     waiting_id=waiting.pk)  # fmt: skip
+        log.info("webhooks.early_callback_matched", waiting_id=waiting.pk, inbound_id=early.pk)
+        return callback_effect(
+            config=config, inbound=early, context=call.context, payload=_payload_of(early)
+        )
+    return Effect(
+        outcome={
+            "kind": "pending",
+            "reason": "waiting for the buyer's callback",
+            "captured": dict((call.previous_outcome or {}).get("captured") or {}),
+        },
+        park_until=deadline,
+        park_blocking=config.wait,
+        park_note=f"waiting for a callback on {config.endpoint} until {deadline:%Y-%m-%d %H:%M:%S}",
+    )
+
+
+def _early_callback(
+    *, endpoint: WebhookEndpoint, identifier: str, advertiser_id: int | None
+) -> InboundWebhookRequest | None:
+    """Claim a callback for this lead that arrived before it was waiting (unmatched and
+    recent); under the run's lock, so it commits with the waiting row or not at all."""
+    since = timezone.now() - timedelta(seconds=EARLY_MATCH_SECONDS)
+    candidates = InboundWebhookRequest.objects.filter(
+        endpoint_id=endpoint.pk,
+        identifier=identifier,
+        status=Inbound.UNMATCHED,
+        received_at__gte=since,
+    ).order_by("id")
+    for inbound in candidates[:5]:
+        if advertiser_id is not None and _advertiser_id(endpoint, inbound.advertiser_ref) != (
+            advertiser_id
+        ):
+            continue
+        claimed = InboundWebhookRequest.objects.filter(
+            pk=inbound.pk, status=Inbound.UNMATCHED
+        ).update(status=Inbound.MATCHED)
+        if claimed:
+            return inbound
+    return None
+
+
+def _payload_of(inbound: InboundWebhookRequest) -> dict[str, Any]:
+    return Callback(
+        method=inbound.method,
+        query=[(str(k), str(v)) for k, v in inbound.query],
+        headers=[(str(k), str(v)) for k, v in inbound.headers],
+        content_type=inbound.content_type,
+        body=inbound.body.encode(),
+    ).payload()
+
+
+def waiting_resumed(*, call: StepCall, config: WebhookStepConfig) -> Effect:
+    """The step resumed by a callback: what the callback means."""
+    inbound_id = (call.resumed or {}).get("inbound_id")
+    inbound = InboundWebhookRequest.objects.filter(
+        pk=inbound_id, workspace_id=call.run.workspace_id
+    ).first()
+    if inbound is None:
+        return _error(call, "the matched callback is no longer stored")
+    return callback_effect(
+        config=config, inbound=inbound, context=call.context, payload=_payload_of(inbound)
+    )
+
+
+def waiting_expire(*, call: StepCall, config: WebhookStepConfig) -> Effect:
+    """The step's deadline passed: timed out, unless a callback claimed the waiting row
+    at that very moment (then it counts)."""
+    expired = WaitingWebhook.objects.filter(step_id=call.step.pk, status=Waiting.WAITING).update(
+        status=Waiting.TIMED_OUT
+    )
+    if not expired:
+        row = (
+            WaitingWebhook.objects.filter(step_id=call.step.pk, status=Waiting.MATCHED)
+            .select_related("matched_request")
+            .first()
+        )
+        if row is not None and row.matched_request is not None:
+            inbound = row.matched_request
+            return callback_effect(
+                config=config, inbound=inbound, context=call.context, payload=_payload_of(inbound)
+            )
+    seconds = config.park_seconds
+    return Effect(
+        outcome={
+            "kind": "timeout",
+            "reason": f"no callback within {seconds} s" if config.wait else "no callback",
+            "captured": {},
+        },
+        failed=True,
+        timed_out=True,
+    )
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+
+def waiting_sweep(*, limit: int = 500) -> dict[str, int]:
+    """Match callbacks that arrived before their waiting row committed, give up on those
+    older than the early window, and close waiting rows whose run ended without them
+    (cancelled, run deadline). Idempotent; safe to run on several workers."""
+    now = timezone.now()
+    since = now - timedelta(seconds=EARLY_MATCH_SECONDS)
+    matched = 0
+    early = list(
+        InboundWebhookRequest.objects.filter(status=Inbound.UNMATCHED, received_at__gte=since)
+        .select_related("endpoint")
+        .order_by("id")[:limit]
+    )
+    for inbound in early:
+        endpoint = inbound.endpoint
+        if endpoint.deleted_at is not None or not endpoint.is_enabled:
+            continue
+        answer = _match(
+            endpoint=endpoint,
+            inbound_id=inbound.pk,
+            identifier=inbound.identifier,
+            advertiser_id=_advertiser_id(endpoint, inbound.advertiser_ref),
+            fresh=False,
+        )
+        if answer is MATCHED:
+            matched += 1
+    given_up = InboundWebhookRequest.objects.filter(
+        status=Inbound.UNMATCHED, received_at__lt=since
+    ).update(status=Inbound.NOT_FOUND, note="nothing waiting matched in time")
+    ended = WaitingWebhook.objects.filter(
+        status=Waiting.WAITING, run__status__in=ScenarioRun.FINISHED
+    ).values_list("id", flat=True)[:limit]
+    closed = WaitingWebhook.objects.filter(pk__in=list(ended), status=Waiting.WAITING).update(
+        status=Waiting.CANCELLED
+    )
+    if matched or given_up or closed:
+        log.info("webhooks.sweep", matched=matched, given_up=given_up, closed=closed)
+    return {"matched": matched, "given_up": given_up, "closed": closed}

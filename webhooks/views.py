@@ -1,0 +1,68 @@
+"""The public callback URL ``/webhooks/<webhook_id>/<token>/``: what buyers call.
+
+Answers are JSON ``{"code": <status>, "message": ...}``. An unknown URL, a revoked one and
+a callback that matches nothing get the same 404 body, so the answer never tells a
+caller whether a token exists; unknown URLs are also counted per source address and
+refused with 429 past a limit. The raw request is stored before it is processed
+(``services.callback_receive``) and the answer comes as soon as the waiting lead is
+resumed: the scenario continues on a worker.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from webhooks import services
+from webhooks.payloads import Callback
+
+
+def _json(answer: services.Answer) -> JsonResponse:
+    # Compact separators: buyers compare the 404 body byte for byte.
+    return JsonResponse(
+        answer.body, status=answer.status, json_dumps_params={"separators": (",", ":")}
+    )
+
+
+def _headers(request: HttpRequest) -> list[tuple[str, str]]:
+    return [(name, str(value)) for name, value in request.headers.items()]
+
+
+@csrf_exempt
+def callback(request: HttpRequest, webhook_id: str, token: str) -> JsonResponse:
+    ip = request.META.get("REMOTE_ADDR") or ""
+    if services.source_is_limited(ip=ip):
+        return _json(services._answer(429, "Too many requests to unknown webhook URLs"))
+    endpoint = services.endpoint_for_token(webhook_id=webhook_id, token=token)
+    if endpoint is None:
+        services.source_miss(ip=ip)
+        return _json(services.NOT_FOUND)
+    if request.method not in ("GET", "POST"):
+        return _json(services._answer(405, "Use GET or POST"))
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    try:
+        if length > services.MAX_BODY_BYTES:
+            raise RequestDataTooBig
+        body = request.body
+    except RequestDataTooBig:
+        return _json(
+            services._answer(413, f"Body too large (limit {services.MAX_BODY_BYTES} bytes)")
+        )
+    call = Callback(
+        method=request.method,
+        query=_query_pairs(request),
+        headers=_headers(request),
+        content_type=request.META.get("CONTENT_TYPE") or "",
+        body=body,
+    )
+    return _json(
+        services.callback_receive(endpoint=endpoint, call=call, ip=ip, path=endpoint.public_path)
+    )
+
+
+def _query_pairs(request: HttpRequest) -> list[tuple[str, str]]:
+    return [(key, value) for key, values in request.GET.lists() for value in values]
