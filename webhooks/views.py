@@ -43,7 +43,7 @@ def callback(request: HttpRequest, webhook_id: str, token: str) -> JsonResponse:
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        length = 0
+        return _json(services._answer(400, "Invalid Content-Length"))
     try:
         if length > services.MAX_BODY_BYTES:
             raise RequestDataTooBig
