@@ -288,7 +288,9 @@ def _check_choice(
 
 def _field_error(name: Any) -> str | None:
     """Why a field reference (``g_zip`` or ``g_phone.area_code``) is refused, or None."""
-    if not isinstance(name, str) or not name.strip():
+    if isinstance(name, str) and not name.strip():
+        return "A field name is required, such as g_zip."
+    if not isinstance(name, str):
         return f"A field name is required (a text such as g_zip), not {_type_name(name)}."
     base, dot, component = name.strip().partition(".")
     if not _FIELD_RE.fullmatch(base):

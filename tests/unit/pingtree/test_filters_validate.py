@@ -102,6 +102,7 @@ C0 = ["groups", 0, "conditions", 0]
         ([*C0, "key"], "x", "groups[0].conditions[0].key", "Unknown key 'key' in a condition"),
         ([*C0, "field"], DELETE, "groups[0].conditions[0].field", "A field name is required"),
         ([*C0, "field"], 12, "groups[0].conditions[0].field", "not a number"),
+        ([*C0, "field"], " ", "groups[0].conditions[0].field", "A field name is required, such"),
         ([*C0, "field"], "g loan", "groups[0].conditions[0].field", "is not a field name"),
         ([*C0, "field"], "g_phone.areacode", "groups[0].conditions[0].field", "Unknown component"),
         (
