@@ -74,3 +74,8 @@ class MustPass(models.TextChoices):
 class DuplicateScope(models.TextChoices):
     WORKSPACE = "workspace", "Whole workspace"
     PARTNER = "partner", "Same partner only"
+
+
+class DecisionMode(models.TextChoices):
+    SYNC = "sync", "Synchronous: wait for the ping tree up to the time budget"
+    ASYNC = "async", "Asynchronous: answer pending at once with a status URL"

@@ -7,7 +7,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django_countries.fields import CountryField
@@ -15,6 +15,7 @@ from rest_framework_api_key.models import AbstractAPIKey
 
 from structures.choices import (
     AdvertiserStatus,
+    DecisionMode,
     DuplicateScope,
     FieldType,
     LeadSource,
@@ -305,6 +306,23 @@ class Partner(models.Model):
         verbose_name="default structure",
         help_text="Leads posted through the API use this structure unless the request "
         "names another one with `structure`.",
+    )
+    decision_mode = models.CharField(
+        "decision",
+        max_length=5,
+        choices=DecisionMode.choices,
+        default=DecisionMode.ASYNC,
+        help_text="Synchronous: the lead API answers once the ping tree has sold or "
+        "refused the lead (sold + price + redirect URL, or rejected + reason), within the "
+        "time budget. Asynchronous: it answers at once; the partner reads the outcome at "
+        "the status URL. A request may ask otherwise with `decision`.",
+    )
+    decision_budget_seconds = models.FloatField(
+        "time budget (seconds)",
+        default=10.0,
+        validators=[MinValueValidator(0), MaxValueValidator(120)],
+        help_text="Synchronous decisions only: the longest the lead API waits for the ping "
+        "tree before it answers pending. A request may ask for less with `wait`.",
     )
     notes = models.TextField("notes", blank=True)
     created_at = models.DateTimeField("created", auto_now_add=True)
