@@ -245,7 +245,10 @@ class WaitingWebhookAdmin(ReadOnlyAdmin):
 
     @display(description="matched callback")
     def request_link(self, obj: WaitingWebhook) -> str:
-        return _link("request", obj.matched_request, f"request {obj.matched_request_id}")
+        inbound = InboundWebhookRequest.objects.filter(
+            waiting_id=obj.pk, status=InboundWebhookRequest.Status.MATCHED
+        ).first()
+        return _link("request", inbound, f"request {inbound.pk}" if inbound else "")
 
     @display(description="result")
     def result(self, obj: WaitingWebhook) -> str:

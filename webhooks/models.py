@@ -153,7 +153,8 @@ class WebhookEndpoint(models.Model):
 
 class WaitingWebhook(models.Model):
     """A scenario run parked on a webhook step: the lead, how a callback finds it, and
-    until when it waits."""
+    until when it waits. The callback that matched it is the inbound request pointing
+    at it with status matched (one foreign key, not two pointing at each other)."""
 
     class Status(models.TextChoices):
         WAITING = "waiting", "Waiting"
@@ -205,14 +206,6 @@ class WaitingWebhook(models.Model):
     deadline_at = models.DateTimeField("deadline")
     status = models.CharField(
         "status", max_length=10, choices=Status.choices, default=Status.WAITING
-    )
-    matched_request = models.ForeignKey(
-        "webhooks.InboundWebhookRequest",
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
-        verbose_name="matched callback",
     )
     matched_at = models.DateTimeField("matched", null=True, blank=True)
     created_at = models.DateTimeField("created", auto_now_add=True)

@@ -404,8 +404,7 @@ def _match(
     # claim the waiting row and mark the inbound row matched together.
     sql = f"""
         WITH w AS (
-            UPDATE {waiting} SET status = 'matched', matched_request_id = %(inbound)s,
-                matched_at = %(now)s
+            UPDATE {waiting} SET status = 'matched', matched_at = %(now)s
             WHERE id = (SELECT id FROM {waiting} WHERE {where} AND status = 'waiting'
                         ORDER BY id LIMIT 1)
               AND status = 'waiting'
@@ -558,7 +557,6 @@ def waiting_park(*, call: StepCall, config: WebhookStepConfig) -> Effect:
         is_blocking=config.wait,
         deadline_at=deadline,
         status=Waiting.MATCHED if early is not None else Waiting.WAITING,
-        matched_request=early,
         matched_at=timezone.now() if early is not None else None,
     )
     if early is not None:
@@ -635,13 +633,12 @@ def waiting_expire(*, call: StepCall, config: WebhookStepConfig) -> Effect:
         status=Waiting.TIMED_OUT
     )
     if not expired:
-        row = (
-            WaitingWebhook.objects.filter(step_id=call.step.pk, status=Waiting.MATCHED)
-            .select_related("matched_request")
-            .first()
-        )
-        if row is not None and row.matched_request is not None:
-            inbound = row.matched_request
+        inbound = InboundWebhookRequest.objects.filter(
+            waiting__step_id=call.step.pk,
+            waiting__status=Waiting.MATCHED,
+            status=Inbound.MATCHED,
+        ).first()
+        if inbound is not None:
             return callback_effect(
                 config=config, inbound=inbound, context=call.context, payload=_payload_of(inbound)
             )

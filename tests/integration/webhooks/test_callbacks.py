@@ -63,7 +63,7 @@ def test_pcid_in_json_resumes_the_run_with_outcome_captures_and_variables(
     assert lead.data["g_buyer_note"] == "call after 5"
     waiting.refresh_from_db()
     inbound = InboundWebhookRequest.objects.get()
-    assert waiting.status == Waiting.MATCHED and waiting.matched_request_id == inbound.pk
+    assert waiting.status == Waiting.MATCHED and waiting.matched_at is not None
     assert inbound.status == Inbound.MATCHED and inbound.waiting_id == waiting.pk
     assert inbound.path == f"/webhooks/{hook.endpoint.webhook_id}/"  # no token stored
     assert hook.token not in json.dumps([inbound.path, inbound.query, inbound.headers])
