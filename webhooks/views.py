@@ -2,8 +2,8 @@
 
 Answers are JSON ``{"code": <status>, "message": ...}``. An unknown URL, a revoked one and
 a callback that matches nothing get the same 404 body, so the answer never tells a
-caller whether a token exists; unknown URLs are also counted per source address and
-refused with 429 past a limit. The raw request is stored before it is processed
+caller whether a token exists; calls to unknown URLs are counted per source address and
+answered 429 past a limit. The raw request is stored before it is processed
 (``services.callback_receive``) and the answer comes as soon as the waiting lead is
 resumed: the scenario continues on a worker.
 """
@@ -32,11 +32,10 @@ def _headers(request: HttpRequest) -> list[tuple[str, str]]:
 @csrf_exempt
 def callback(request: HttpRequest, webhook_id: str, token: str) -> JsonResponse:
     ip = request.META.get("REMOTE_ADDR") or ""
-    if services.source_is_limited(ip=ip):
-        return _json(services._answer(429, "Too many requests to unknown webhook URLs"))
     endpoint = services.endpoint_for_token(webhook_id=webhook_id, token=token)
     if endpoint is None:
-        services.source_miss(ip=ip)
+        if services.source_miss(ip=ip):
+            return _json(services._answer(429, "Too many requests to unknown webhook URLs"))
         return _json(services.NOT_FOUND)
     if request.method not in ("GET", "POST"):
         return _json(services._answer(405, "Use GET or POST"))
