@@ -67,6 +67,8 @@ def request_run(
     dry_run: bool = False,
     write_log: bool = True,
     spec_overrides: Callable[[RequestSpec], RequestSpec] | None = None,
+    state: tuple[str, int] | None = None,
+    defer_log: bool = False,
 ) -> RunResult:
     """Build, maybe send, read and log one request.
 
@@ -75,12 +77,16 @@ def request_run(
     enabled sends. ``dry_run`` never sends (preview, "run with sample values").
     ``spec_overrides`` returns a changed copy of the request's spec for this call only
     (the scenario engine's "modify request" tool); the cached spec is never changed.
+    ``state`` is the integration's (status, config_version) when the caller has just
+    read it. ``defer_log``: the log row is built (``RunResult.log``, no pk yet) and the
+    caller writes it, in the same statement as its own record (log_insert_sql).
     """
     integration = step.integration
     # The status and the configuration version are read now, in one statement: an
     # operator's change (status, header, rule, secret) applies to the very next call,
     # whatever the caller loaded earlier.
-    state = step_cache.integration_state(step.integration_id)
+    if state is None:
+        state = step_cache.integration_state(step.integration_id)
     status, version = state if state else (integration.status, None)
     spec = step_cache.spec_cached(step, version=version)
     if spec_overrides is not None:
@@ -91,7 +97,11 @@ def request_run(
         built = build_request(spec, {**context, "SECRET": spec.auth_secret})
     except BuildError as exc:
         outcome = Outcome.error(f"Request could not be built: {exc}")
-        entry = _log(step, lead, origin, None, None, outcome, False) if write_log else None
+        entry = (
+            _log(step, lead, origin, None, None, outcome, False, insert=not defer_log)
+            if write_log
+            else None
+        )
         return RunResult(None, None, outcome, False, entry)
 
     if status == Status.DISABLED:
@@ -109,7 +119,11 @@ def request_run(
     else:
         result = None
         outcome = Outcome.error(why)
-    entry = _log(step, lead, origin, built, result, outcome, send) if write_log else None
+    entry = (
+        _log(step, lead, origin, built, result, outcome, send, insert=not defer_log)
+        if write_log
+        else None
+    )
     log.info(
         "integration.request",
         integration_id=integration.pk,
@@ -134,6 +148,8 @@ def _log(
     result: outbound.OutboundResult | None,
     outcome: Outcome,
     was_sent: bool,
+    *,
+    insert: bool = True,
 ) -> RequestLog:
     secrets_ = list(built.secrets) if built else []
     if result is not None:
@@ -170,7 +186,8 @@ def _log(
         error=(result.error_message or "")[:300] if result else "",
         captured=captured,
     )
-    _log_insert(entry)
+    if insert:
+        _log_insert(entry)
     return entry
 
 
@@ -186,25 +203,38 @@ def _log_insert(entry: RequestLog) -> None:
     JSON): ``objects.create`` spends more CPU in the ORM than PostgreSQL spends on the
     statement, on the path of every buyer call (docs/benchmarks.md). Elsewhere, the ORM.
     """
-    global _log_insert_sql
     if connection.vendor != "postgresql":
         entry.save(force_insert=True)
         return
-    fields = _LOG_FIELDS
+    sql, params = log_insert_sql(entry)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        entry.pk = cursor.fetchone()[0]
+    entry._state.adding = False
+    entry._state.db = connection.alias
+
+
+def log_insert_sql_text() -> str:
+    """The statement text of log_insert_sql (built once per process)."""
+    global _log_insert_sql
     if _log_insert_sql is None:
         q = connection.ops.quote_name
-        columns = ", ".join(q(f.column) for f in fields)
-        placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
+        columns = ", ".join(q(f.column) for f in _LOG_FIELDS)
+        placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _LOG_FIELDS)
         _log_insert_sql = (
             f"INSERT INTO {q(RequestLog._meta.db_table)} ({columns}) "  # noqa: S608
             f"VALUES ({placeholders}) RETURNING {q('id')}"
         )
+    return _log_insert_sql
+
+
+def log_insert_sql(entry: RequestLog) -> tuple[str, list[Any]]:
+    """PostgreSQL only: ``INSERT ... RETURNING id`` of one log row and its parameters,
+    for a caller that writes it inside a larger statement (the scenario engine records
+    a step and its call's log row with one commit)."""
+    fields = _LOG_FIELDS
     params = [f.get_db_prep_save(f.pre_save(entry, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(_log_insert_sql, params)
-        entry.pk = cursor.fetchone()[0]
-    entry._state.adding = False
-    entry._state.db = connection.alias
+    return log_insert_sql_text(), params
 
 
 def request_secret_set(*, step: RequestStep, secret: str | None) -> None:

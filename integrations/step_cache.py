@@ -8,10 +8,11 @@ use against ``Integration.config_version``:
 
 - signals bump the version (one conditional-free ``F() + 1`` UPDATE) on every save and
   delete of an Integration, RequestStep, RequestHeader, RequestQueryParam,
-  RequestBodyField, ResponseRule or ResponseCapture; ``services.request_secret_set`` and
-  ``services.secrets_rotate`` write with ``update()`` and bump it themselves. Code that
-  writes these rows with ``bulk_create`` / ``QuerySet.update`` (no signals) must call
-  ``config_bump``.
+  RequestBodyField, ResponseRule, ResponseCapture, and of the scenario's Element and
+  Connection rows (the engine caches the graph under the same version);
+  ``services.request_secret_set`` and ``services.secrets_rotate`` write with
+  ``update()`` and bump it themselves. Code that writes these rows with
+  ``bulk_create`` / ``QuerySet.update`` (no signals) must call ``config_bump``.
 - every use reads the version (and the status) in one indexed SELECT by primary key, so
   a change committed by any process is a cache miss in every process on its next call
   (DESIGN.md: nothing stale is kept in process memory; this is a derived copy checked
@@ -42,6 +43,8 @@ from django.dispatch import receiver
 
 from integrations import secrets
 from integrations.models import (
+    Connection,
+    Element,
     Integration,
     RequestBodyField,
     RequestHeader,
@@ -218,7 +221,7 @@ def config_bump(*, integration_id: int | None) -> None:
 def _integration_of(instance: object) -> int | None:
     if isinstance(instance, Integration):
         return instance.pk
-    if isinstance(instance, RequestStep):
+    if isinstance(instance, (RequestStep, Element, Connection)):
         return instance.integration_id
     request_id = getattr(instance, "request_id", None)
     if request_id is None:
@@ -235,5 +238,7 @@ def _integration_of(instance: object) -> int | None:
 @receiver([post_save, post_delete], sender=RequestBodyField)
 @receiver([post_save, post_delete], sender=ResponseRule)
 @receiver([post_save, post_delete], sender=ResponseCapture)
+@receiver([post_save, post_delete], sender=Element)
+@receiver([post_save, post_delete], sender=Connection)
 def _config_changed(sender: type, instance: object, **kwargs: object) -> None:
     config_bump(integration_id=_integration_of(instance))

@@ -15,18 +15,22 @@ How a step runs exactly once:
 
 from __future__ import annotations
 
+import json
 import time
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from integrations import services, templating
+from integrations import services, step_cache, templating
 from integrations.context import lead_context
 from integrations.engine.conditions import conditions_hold
+from integrations.engine.graph import graph_get
 from integrations.engine.overrides import (
     OVERRIDES_KEY,
     OverrideConfigError,
@@ -47,6 +51,11 @@ log = structlog.get_logger(__name__)
 # is moved to it before sending), so a slow buyer is never sent the same lead twice
 # while the first call is still in flight.
 LEASE_SECONDS = 60
+# Requests that end this long before the lease runs out need no lease move.
+LEASE_MARGIN_SECONDS = 10
+# A step created already claimed by the driver that will run it (input flag): its
+# claimed_at already covers its request's timeout.
+LEASE_SET_KEY = "lease_set"
 # A task sent for a pending due step is sent again by the sweeper after this long.
 REQUEUE_GRACE_SECONDS = 30
 # A step handed out this many times (each time its worker died) fails the run.
@@ -56,6 +65,7 @@ REPEATER_REASON = "repeater limit reached"
 DEADLINE_REASON = "deadline passed"
 LOST_REASON = "the worker running this step was lost too often"
 FAILING_KINDS = ("error", "timeout")
+_EMPTY_OUTCOME: dict[str, Any] = {"kind": "", "reason": "", "captured": {}}
 
 Kind = Element.Kind
 StepStatus = RunStep.Status
@@ -93,40 +103,85 @@ def run_start(
     trigger: str = "default",
     deadline_seconds: float | None = None,
 ) -> ScenarioRun:
-    """Create a run and a step due now for each matching start element (same step
-    meaning and trigger: ``default`` or ``action``). Nothing is dispatched here: the
-    caller drives it (run_drive), enqueues the steps, or leaves them to the sweeper.
-    With ``deadline_seconds`` the run is timed out if still unfinished by then.
-    An integration without any element gets its default scenario first
+    """Create a run, execute its matching start elements (same step meaning and
+    trigger: ``default``, ``action``, ``webhook``) and leave the steps they lead to due
+    now. A start does nothing but choose its next steps, so it is recorded done here, in
+    the transaction that creates the run. Nothing is dispatched: the caller drives the
+    run (run_drive), enqueues its steps, or leaves them to the sweeper. With
+    ``deadline_seconds`` the run is timed out if still unfinished by then. An
+    integration without any element gets its default scenario first
     (``scenario_default_build``)."""
-    if not integration.elements.exists():
-        scenario_default_build(integration=integration)
-    starts = [
-        element
-        for element in integration.elements.filter(kind=Kind.START, meaning=meaning)
-        if str(element.config.get("trigger") or "default") == trigger
-    ]
+    state = step_cache.integration_state(integration.pk)
+    graph = graph_get(integration.pk, version=state[1] if state else None)
+    if not graph.elements and scenario_default_build(integration=integration):
+        graph = graph_get(integration.pk, version=None)
+    starts = sorted(
+        (
+            element
+            for element in graph.elements.values()
+            if element.kind == Kind.START
+            and element.meaning == meaning
+            and str(element.config.get("trigger") or "default") == trigger
+        ),
+        key=lambda element: (element.position, element.pk),
+    )
     if not starts:
         raise EngineError(
             f"The integration {integration.name!r} has no {trigger} start for {meaning!r}."
         )
     now = timezone.now()
+    run = ScenarioRun(
+        workspace_id=integration.workspace_id,
+        integration=integration,
+        lead=lead,
+        meaning=meaning,
+        variables=dict(variables or {}),
+        is_dry_run=dry_run,
+        deadline_at=(
+            now + timedelta(seconds=deadline_seconds) if deadline_seconds is not None else None
+        ),
+    )
+    context = lead_context(lead, variables=run.variables)
+    start_steps: list[RunStep] = []
+    next_by_start: list[list[Element]] = []
+    for element in starts:
+        next_elements = [
+            connection_.to_element
+            for connection_ in graph.outgoing.get(element.pk, ())
+            if conditions_hold(
+                connection_.conditions or [],
+                outcome=_EMPTY_OUTCOME,
+                variables=run.variables,
+                context=context,
+            )
+        ]
+        output: dict[str, Any] = {"outcome": dict(_EMPTY_OUTCOME)}
+        if not next_elements:
+            output["ended"] = "no connection matched" if element.pk in graph.outgoing else "end"
+        start_steps.append(
+            RunStep(
+                workspace_id=integration.workspace_id, element=element, due_at=now,
+                status=StepStatus.DONE, started_at=now, finished_at=now, duration_ms=0,
+                output=output,
+            )
+        )  # fmt: skip
+        next_by_start.append(next_elements)
     with transaction.atomic():
-        run = ScenarioRun.objects.create(
-            workspace_id=integration.workspace_id,
-            integration=integration,
-            lead=lead,
-            meaning=meaning,
-            variables=dict(variables or {}),
-            is_dry_run=dry_run,
-            deadline_at=(
-                now + timedelta(seconds=deadline_seconds) if deadline_seconds is not None else None
-            ),
-        )
-        RunStep.objects.bulk_create(
-            RunStep(workspace_id=integration.workspace_id, run=run, element=element, due_at=now)
-            for element in starts
-        )
+        run.save(force_insert=True)
+        for step in start_steps:
+            step.run = run
+        RunStep.objects.bulk_create(start_steps)
+        kids = [
+            RunStep(
+                workspace_id=integration.workspace_id, run=run, element=element,
+                parent_step=step, due_at=now, input={"outcome": dict(_EMPTY_OUTCOME)},
+            )
+            for step, next_elements in zip(start_steps, next_by_start, strict=True)
+            for element in next_elements
+        ]  # fmt: skip
+        RunStep.objects.bulk_create(kids)
+        if not kids:
+            _run_settle(run=run, last_outcome=_EMPTY_OUTCOME, now=now, failed=False)
     log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk, starts=len(starts))
     return run
 
@@ -238,12 +293,29 @@ def _context(step: RunStep, run: ScenarioRun) -> dict[str, Any]:
     return lead_context(run.lead, variables=run.variables)
 
 
-def _request_effect(step: RunStep, run: ScenarioRun) -> Effect:
+def _lease_needs_moving(timeout_seconds: float) -> bool:
+    """A claim's lease (claimed_at + LEASE_SECONDS) covers a request that ends well
+    before it; only a longer request moves claimed_at to its own end first."""
+    return timeout_seconds > LEASE_SECONDS - LEASE_MARGIN_SECONDS
+
+
+def _request_effect(
+    step: RunStep,
+    run: ScenarioRun,
+    *,
+    state: tuple[str, int] | None = None,
+    defer_log: bool = False,
+    holder: dict[str, Any] | None = None,
+) -> Effect:
+    """Send the element's request. ``defer_log``: the call's log row is left in
+    ``holder["log"]`` for the caller to write with its record (one commit)."""
     element = _acting(step.element)
-    in_flight_until = timezone.now() + timedelta(seconds=element.request_step.timeout_seconds)
-    RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt).update(
-        claimed_at=in_flight_until
-    )
+    timeout = element.request_step.timeout_seconds
+    if _lease_needs_moving(timeout) and not step.input.get(LEASE_SET_KEY):
+        in_flight_until = timezone.now() + timedelta(seconds=timeout)
+        RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt).update(
+            claimed_at=in_flight_until
+        )
     overrides = run.variables.get(OVERRIDES_KEY) or None
     result = services.request_run(
         step=element.request_step,
@@ -254,7 +326,11 @@ def _request_effect(step: RunStep, run: ScenarioRun) -> Effect:
         spec_overrides=(
             (lambda spec: spec_apply_overrides(spec, overrides)) if overrides else None
         ),
+        state=state,
+        defer_log=defer_log,
     )
+    if holder is not None:
+        holder["log"] = result.log
     outcome = result.outcome
     return Effect(
         outcome=_outcome_dict(outcome),
@@ -593,6 +669,8 @@ def run_drive(*, run_id: int, deadline_seconds: float, hand_off: bool = True) ->
     from integrations.tasks import step_execute_task
 
     deadline = time.monotonic() + deadline_seconds
+    if connection.vendor == "postgresql":
+        _drive_in_process(run_id=run_id, deadline=deadline)
     while time.monotonic() < deadline:
         due = list(
             RunStep.objects.filter(
@@ -617,6 +695,258 @@ def run_drive(*, run_id: int, deadline_seconds: float, hand_off: bool = True) ->
         for step_id in left:
             transaction.on_commit(lambda s=step_id: step_execute_task.delay(s))
     return ScenarioRun.objects.get(pk=run_id)
+
+
+# --- the in-process driver (PostgreSQL) ----------------------------------------------------
+#
+# A web request or task driving one run executes its steps back to back. Instead of a
+# claim, a load and a locked transaction per step (the task path above), it claims the
+# due steps once, keeps the run, its lead and the graph in hand, and records each plain
+# step (a start or a request that led somewhere) with ONE statement that writes the
+# call's log row, finishes the step (only if still ours and the run still live), merges
+# the variables into the run and inserts the next steps already claimed by this driver.
+# Everything else (tools that count, waits, parks, failures, a branch's end) takes the
+# general path under the run's row lock. A driver that dies leaves claimed steps whose
+# lease runs out: the sweeper hands them out again, as for a dead worker.
+
+
+@dataclass
+class _Claim:
+    id: int
+    element_id: int
+    attempt: int
+    input: dict[str, Any]
+
+
+_sql_cache: dict[Any, str] = {}
+
+
+def _tables() -> tuple[str, str]:
+    q = connection.ops.quote_name
+    return q(RunStep._meta.db_table), q(ScenarioRun._meta.db_table)
+
+
+def _json_value(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, (str, bytes)) else dict(value or {})
+
+
+def _claim_due(run_id: int) -> list[_Claim]:
+    sql = _sql_cache.get("claim")
+    if sql is None:
+        step_t, _run_t = _tables()
+        sql = _sql_cache["claim"] = (
+            f"UPDATE {step_t} SET status = 'running', claimed_at = %s, started_at = %s "  # noqa: S608
+            "WHERE run_id = %s AND status = 'pending' AND due_at <= %s "
+            "RETURNING id, element_id, attempt, input"
+        )
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [now, now, run_id, now])
+        rows = cursor.fetchall()
+    return sorted(
+        (_Claim(row[0], row[1], row[2], _json_value(row[3])) for row in rows),
+        key=lambda claim: claim.id,
+    )
+
+
+def _unclaim(ids: list[int]) -> None:
+    """Give back steps this driver claimed but will not run (its deadline passed)."""
+    if ids:
+        RunStep.objects.filter(pk__in=ids, status=StepStatus.RUNNING).update(
+            status=StepStatus.PENDING, claimed_at=None, started_at=None, enqueued_at=None
+        )
+
+
+def _drive_in_process(*, run_id: int, deadline: float) -> None:
+    run = (
+        ScenarioRun.objects.select_related(
+            "integration__workspace", "lead__workspace", "lead__partner", "lead__structure"
+        )
+        .filter(pk=run_id)
+        .first()
+    )
+    if run is None:
+        return
+    while time.monotonic() < deadline:
+        queue = deque(_claim_due(run_id))
+        if not queue:
+            return
+        while queue:
+            if time.monotonic() >= deadline:
+                _unclaim([claim.id for claim in queue])
+                return
+            queue.extend(_execute_claimed(run, queue.popleft()))
+
+
+def _execute_claimed(run: ScenarioRun, claim: _Claim) -> list[_Claim]:
+    """Execute one step this driver holds; return the next steps it holds now."""
+    now = timezone.now()
+    if run.status not in ScenarioRun.FINISHED and run.deadline_at and run.deadline_at <= now:
+        _run_finish_early(run_id=run.pk, status=RunStatus.TIMED_OUT, reason=DEADLINE_REASON)
+        run.status = RunStatus.TIMED_OUT
+    if run.status in ScenarioRun.FINISHED:
+        RunStep.objects.filter(pk=claim.id, status=StepStatus.RUNNING).update(
+            status=StepStatus.SKIPPED, finished_at=now, output={"ended": f"the run is {run.status}"}
+        )
+        return []
+    state = step_cache.integration_state(run.integration_id)
+    graph = graph_get(run.integration_id, version=state[1] if state else None)
+    element = graph.elements.get(claim.element_id)
+    if state is None or element is None:
+        return []  # the integration or the element was deleted: its steps went with it
+    step = RunStep(
+        pk=claim.id,
+        workspace_id=run.workspace_id,
+        run=run,
+        element=element,
+        status=StepStatus.RUNNING,
+        attempt=claim.attempt,
+        input=claim.input,
+        due_at=now,
+    )
+    step._state.adding = False
+    acting = graph.acting(element)
+    started = time.monotonic()
+    holder: dict[str, Any] = {}
+    if acting.kind == Kind.REQUEST:
+        effect = _request_effect(step, run, state=state, defer_log=True, holder=holder)
+    elif acting.kind == Kind.START:
+        effect = Effect(outcome=dict(claim.input.get("outcome") or _EMPTY_OUTCOME))
+    else:
+        effect = None
+    entry = holder.get("log")
+    if effect is not None and _is_plain(effect):
+        variables = {**run.variables, **effect.variables}
+        context = lead_context(run.lead, variables=variables)
+        next_elements = [
+            connection_.to_element
+            for connection_ in graph.outgoing.get(element.pk, ())
+            if conditions_hold(
+                connection_.conditions or [],
+                outcome=effect.outcome,
+                variables=variables,
+                context=context,
+            )
+        ]
+        if next_elements:
+            return _record_fast(step, run, effect, entry, next_elements, graph, started)
+    with transaction.atomic():
+        if entry is not None:
+            services._log_insert(entry)
+        locked = ScenarioRun.objects.select_for_update().get(pk=run.pk)
+        locked.lead = run.lead
+        if effect is None:
+            effect = _tool_effect(step, locked)
+        _record(step, locked, effect, started)
+    run.status, run.variables, run.counters = locked.status, locked.variables, locked.counters
+    run.result, run.reason = locked.result, locked.reason
+    return []  # what it made due is claimed by the driver's next pass
+
+
+def _is_plain(effect: Effect) -> bool:
+    return not (
+        effect.park_until
+        or effect.failed
+        or effect.stop_reason
+        or effect.end_reason
+        or effect.overrides_used
+        or effect.lead_fields
+        or effect.due_at
+        or effect.timed_out
+    )
+
+
+def _record_fast_sql(kids: int, with_log: bool) -> str:
+    key = ("record", kids, with_log)
+    sql = _sql_cache.get(key)
+    if sql is not None:
+        return sql
+    step_t, run_t = _tables()
+    parts = []
+    if with_log:
+        parts.append(f"lg AS ({services.log_insert_sql_text()})")
+    parts.append(
+        f"done AS (UPDATE {step_t} SET status = 'done', output = %s::jsonb, "  # noqa: S608
+        "finished_at = %s, duration_ms = %s WHERE id = %s AND status = 'running' "
+        f"AND attempt = %s AND EXISTS (SELECT 1 FROM {run_t} "
+        "WHERE id = %s AND status IN ('running', 'waiting')) RETURNING id)"
+    )
+    parts.append(
+        f"upd AS (UPDATE {run_t} SET variables = variables || %s::jsonb, "  # noqa: S608
+        "result = COALESCE(%s::jsonb, result), status = 'running' "
+        "WHERE id = %s AND status IN ('running', 'waiting') "
+        "AND EXISTS (SELECT 1 FROM done) RETURNING id)"
+    )
+    values = ", ".join(["(%s::bigint, %s::jsonb, %s::timestamptz)"] * kids)
+    parts.append(
+        f"kids AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, parent_step_id, "  # noqa: S608
+        "status, due_at, enqueued_at, claimed_at, started_at, attempt, input, output) "
+        "SELECT %s, %s, v.element_id, done.id, 'running', %s, %s, v.claimed_at, %s, 1, "
+        f"v.input, '{{}}'::jsonb FROM done CROSS JOIN (VALUES {values}) "
+        "AS v(element_id, input, claimed_at) ON CONFLICT DO NOTHING RETURNING id, element_id)"
+    )
+    log_id = "(SELECT id FROM lg)" if with_log else "NULL"
+    sql = (
+        "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM done), "  # noqa: S608
+        f"{log_id}, (SELECT array_agg(id ORDER BY id) FROM kids), "
+        "(SELECT array_agg(element_id ORDER BY id) FROM kids)"
+    )
+    _sql_cache[key] = sql
+    return sql
+
+
+def _record_fast(
+    step: RunStep,
+    run: ScenarioRun,
+    effect: Effect,
+    entry: Any,
+    next_elements: list[Element],
+    graph: Any,
+    started: float,
+) -> list[_Claim]:
+    params: list[Any] = []
+    if entry is not None:
+        # First: the log row's time must fall within the step's (the run timeline
+        # pairs them by time).
+        params.extend(services.log_insert_sql(entry)[1])
+    now = timezone.now()
+    output: dict[str, Any] = {"outcome": effect.outcome}
+    if effect.variables:
+        output["variables"] = effect.variables
+    is_answer = graph.acting(step.element).kind == Kind.REQUEST and effect.outcome.get("kind")
+    kid_input = {"outcome": effect.outcome}
+    params += [
+        json.dumps(output), now, int((time.monotonic() - started) * 1000), step.pk,
+        step.attempt, run.pk,
+        json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None, run.pk,
+        run.workspace_id, run.pk, now, now, now,
+    ]  # fmt: skip
+    for element in next_elements:
+        acting = graph.acting(element)
+        claimed_at = now
+        if acting.kind == Kind.REQUEST and _lease_needs_moving(acting.request_step.timeout_seconds):
+            claimed_at = now + timedelta(seconds=acting.request_step.timeout_seconds)
+        params += [element.pk, json.dumps({**kid_input, LEASE_SET_KEY: True}), claimed_at]
+    with connection.cursor() as cursor:
+        cursor.execute(_record_fast_sql(len(next_elements), entry is not None), params)
+        done, log_id, kid_ids, kid_elements = cursor.fetchone()
+    if entry is not None:
+        entry.pk = log_id
+        entry._state.adding = False
+    if not done:
+        # Lost lease, or the run was cancelled or timed out meanwhile: the call is
+        # logged, nothing else of ours is written.
+        log.warning("engine.step_not_recorded", step_id=step.pk, attempt=step.attempt)
+        run.refresh_from_db(fields=["status", "reason", "variables", "result"])
+        return []
+    run.variables.update(effect.variables)
+    if is_answer:
+        run.result = dict(effect.outcome)
+    run.status = RunStatus.RUNNING
+    return [
+        _Claim(kid_id, element_id, 1, {**kid_input, LEASE_SET_KEY: True})
+        for kid_id, element_id in zip(kid_ids or (), kid_elements or (), strict=True)
+    ]
 
 
 def engine_sweep(*, limit: int = 500, send: bool = True) -> int:

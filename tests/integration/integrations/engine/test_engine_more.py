@@ -158,8 +158,7 @@ def test_a_request_in_flight_when_cancelled_schedules_nothing(sc, lead, httpserv
     sc.link(sc.start, request)
     sc.link(request, after)
     run = engine.run_start(integration=sc.integration, lead=lead)
-    start_step = RunStep.objects.get(run=run, element=sc.start)
-    (request_id,) = engine.step_execute(step_id=start_step.pk)
+    request_id = RunStep.objects.get(run=run, element=request).pk
     original = engine._request_effect
 
     def cancelled_meanwhile(step, run_):
