@@ -166,6 +166,10 @@ def run_start(
             )
         )  # fmt: skip
         next_by_start.append(next_elements)
+    if connection.vendor == "postgresql" and any(next_by_start):
+        _run_insert(run, start_steps, next_by_start, now)
+        log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk)
+        return run
     with transaction.atomic():
         run.save(force_insert=True)
         for step in start_steps:
@@ -184,6 +188,52 @@ def run_start(
             _run_settle(run=run, last_outcome=_EMPTY_OUTCOME, now=now, failed=False)
     log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk, starts=len(starts))
     return run
+
+
+_RUN_FIELDS = [f for f in ScenarioRun._meta.concrete_fields if not f.primary_key]
+
+
+def _run_insert(
+    run: ScenarioRun, start_steps: list[RunStep], next_by_start: list[list[Element]], now: Any
+) -> None:
+    """PostgreSQL: the run, its starts (done) and the steps they lead to (due now), in
+    one statement: one round trip and one commit for every run a partner waits on."""
+    q = connection.ops.quote_name
+    step_t, run_t = _tables()
+    columns = ", ".join(q(f.column) for f in _RUN_FIELDS)
+    placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RUN_FIELDS)
+    params: list[Any] = [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
+    params += [run.workspace_id, now, now, now]
+    start_values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(start_steps))
+    for step in start_steps:
+        params += [step.element_id, json.dumps(step.output)]
+    pairs = [
+        (step.element_id, kid.pk)
+        for step, kids in zip(start_steps, next_by_start, strict=True)
+        for kid in kids
+    ]
+    kid_values = ", ".join(["(%s::bigint, %s::bigint)"] * len(pairs))
+    params += [value for pair in pairs for value in pair]
+    params += [run.workspace_id, now, json.dumps({"outcome": _EMPTY_OUTCOME})]
+    sql = (
+        f"WITH r AS (INSERT INTO {run_t} ({columns}) VALUES ({placeholders}) RETURNING id), "  # noqa: S608
+        f"s AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, status, due_at, "
+        "attempt, input, output, started_at, finished_at, duration_ms) "
+        "SELECT %s, r.id, v.element_id, 'done', %s, 1, '{}'::jsonb, v.output, %s, %s, 0 "
+        f"FROM r CROSS JOIN (VALUES {start_values}) AS v(element_id, output) "
+        "RETURNING id, element_id), "
+        f"p AS (SELECT * FROM (VALUES {kid_values}) AS p(start_element, element_id)), "
+        f"k AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, parent_step_id, "
+        "status, due_at, attempt, input, output) "
+        "SELECT %s, r.id, p.element_id, s.id, 'pending', %s, 1, %s::jsonb, '{}'::jsonb "
+        "FROM r CROSS JOIN s JOIN p ON p.start_element = s.element_id RETURNING id) "
+        "SELECT (SELECT id FROM r), (SELECT count(*) FROM k)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        run.pk, _count = cursor.fetchone()
+    run._state.adding = False
+    run._state.db = connection.alias
 
 
 def scenario_default_build(*, integration: Integration) -> int:
@@ -586,8 +636,13 @@ def _run_settle(
 ) -> None:
     """Under the run's lock: finished when nothing is pending or running, waiting when
     all that is left is due later, running otherwise."""
-    live = RunStep.objects.filter(run=run, status__in=(StepStatus.PENDING, StepStatus.RUNNING))
-    if not live.exists():
+    # One read of what is left: a run has a handful of live steps at most.
+    live = list(
+        RunStep.objects.filter(
+            run=run, status__in=(StepStatus.PENDING, StepStatus.RUNNING)
+        ).values_list("status", "due_at")[:100]
+    )
+    if not live:
         if timed_out:
             run.status = RunStatus.TIMED_OUT
             run.reason = str(last_outcome.get("reason") or DEADLINE_REASON)[:500]
@@ -600,7 +655,7 @@ def _run_settle(
             run.status = RunStatus.SUCCEEDED
         run.finished_at = now
         _announce_finished(run.pk, run.status, run.result)
-    elif not live.filter(Q(status=StepStatus.RUNNING) | Q(due_at__lte=now)).exists():
+    elif not any(status == StepStatus.RUNNING or due_at <= now for status, due_at in live):
         run.status = RunStatus.WAITING
     else:
         run.status = RunStatus.RUNNING
@@ -670,7 +725,9 @@ def run_drive(*, run_id: int, deadline_seconds: float, hand_off: bool = True) ->
 
     deadline = time.monotonic() + deadline_seconds
     if connection.vendor == "postgresql":
-        _drive_in_process(run_id=run_id, deadline=deadline)
+        run = _drive_in_process(run_id=run_id, deadline=deadline)
+        if run is not None:
+            return run  # nothing of it is due any more: nothing to hand off
     while time.monotonic() < deadline:
         due = list(
             RunStep.objects.filter(
@@ -757,7 +814,9 @@ def _unclaim(ids: list[int]) -> None:
         )
 
 
-def _drive_in_process(*, run_id: int, deadline: float) -> None:
+def _drive_in_process(*, run_id: int, deadline: float) -> ScenarioRun | None:
+    """Drive until nothing of the run is due (returns the run as it now is) or the
+    deadline passes (returns None: the caller hands what is left to the workers)."""
     run = (
         ScenarioRun.objects.select_related(
             "integration__workspace", "lead__workspace", "lead__partner", "lead__structure"
@@ -766,16 +825,19 @@ def _drive_in_process(*, run_id: int, deadline: float) -> None:
         .first()
     )
     if run is None:
-        return
+        return None
     while time.monotonic() < deadline:
         queue = deque(_claim_due(run_id))
         if not queue:
-            return
+            return run
         while queue:
             if time.monotonic() >= deadline:
                 _unclaim([claim.id for claim in queue])
-                return
+                return None
             queue.extend(_execute_claimed(run, queue.popleft()))
+        if run.status in ScenarioRun.FINISHED:
+            return run
+    return None
 
 
 def _execute_claimed(run: ScenarioRun, claim: _Claim) -> list[_Claim]:
@@ -830,6 +892,8 @@ def _execute_claimed(run: ScenarioRun, claim: _Claim) -> list[_Claim]:
         ]
         if next_elements:
             return _record_fast(step, run, effect, entry, next_elements, graph, started)
+        _record_end_fast(step, run, effect, entry, graph, started)
+        return []
     with transaction.atomic():
         if entry is not None:
             services._log_insert(entry)
@@ -839,7 +903,7 @@ def _execute_claimed(run: ScenarioRun, claim: _Claim) -> list[_Claim]:
             effect = _tool_effect(step, locked)
         _record(step, locked, effect, started)
     run.status, run.variables, run.counters = locked.status, locked.variables, locked.counters
-    run.result, run.reason = locked.result, locked.reason
+    run.result, run.reason, run.finished_at = locked.result, locked.reason, locked.finished_at
     return []  # what it made due is claimed by the driver's next pass
 
 
@@ -947,6 +1011,94 @@ def _record_fast(
         _Claim(kid_id, element_id, 1, {**kid_input, LEASE_SET_KEY: True})
         for kid_id, element_id in zip(kid_ids or (), kid_elements or (), strict=True)
     ]
+
+
+def _record_end_fast_sql(with_log: bool) -> str:
+    key = ("end", with_log)
+    sql = _sql_cache.get(key)
+    if sql is not None:
+        return sql
+    step_t, run_t = _tables()
+    parts = []
+    if with_log:
+        parts.append(f"lg AS ({services.log_insert_sql_text()})")
+    parts.append(
+        f"done AS (UPDATE {step_t} SET status = 'done', output = %s::jsonb, "  # noqa: S608
+        "finished_at = %s, duration_ms = %s WHERE id = %s AND status = 'running' "
+        "AND attempt = %s RETURNING id)"
+    )
+    # Read after the run's row lock was taken (a statement of its own, just before):
+    # this statement's snapshot sees every other branch's committed steps.
+    parts.append(
+        f"live AS (SELECT status, due_at FROM {step_t} WHERE run_id = %s "  # noqa: S608
+        "AND status IN ('pending', 'running') AND id <> %s)"
+    )
+    parts.append(
+        f"upd AS (UPDATE {run_t} SET variables = variables || %s::jsonb, "  # noqa: S608
+        "result = COALESCE(%s::jsonb, result), "
+        "status = CASE WHEN NOT EXISTS (SELECT 1 FROM live) THEN "
+        f"  CASE WHEN reason = '{BREAKER_REASON}' THEN 'failed' ELSE %s END "
+        "WHEN EXISTS (SELECT 1 FROM live WHERE status = 'running' OR due_at <= %s) "
+        "THEN 'running' ELSE 'waiting' END, "
+        "reason = CASE WHEN NOT EXISTS (SELECT 1 FROM live) AND %s::text IS NOT NULL "
+        f"  AND reason <> '{BREAKER_REASON}' THEN %s::text ELSE reason END, "
+        "finished_at = CASE WHEN NOT EXISTS (SELECT 1 FROM live) THEN %s ELSE NULL END "
+        "WHERE id = %s AND status IN ('running', 'waiting') AND EXISTS (SELECT 1 FROM done) "
+        "RETURNING status, reason, finished_at)"
+    )
+    log_id = "(SELECT id FROM lg)" if with_log else "NULL"
+    sql = (
+        "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM done), "  # noqa: S608
+        f"{log_id}, (SELECT status FROM upd), (SELECT reason FROM upd), "
+        "(SELECT finished_at FROM upd)"
+    )
+    _sql_cache[key] = sql
+    return sql
+
+
+def _record_end_fast(
+    step: RunStep, run: ScenarioRun, effect: Effect, entry: Any, graph: Any, started: float
+) -> None:
+    """A plain step that leads nowhere: its branch ends here, and the run with it when
+    nothing else of it is live. Under the run's row lock (a parallel branch may end at
+    the same moment), in one statement after the lock."""
+    params: list[Any] = []
+    if entry is not None:
+        params.extend(services.log_insert_sql(entry)[1])
+    now = timezone.now()
+    output: dict[str, Any] = {"outcome": effect.outcome}
+    if effect.variables:
+        output["variables"] = effect.variables
+    output["ended"] = "no connection matched" if step.element_id in graph.outgoing else "end"
+    is_answer = graph.acting(step.element).kind == Kind.REQUEST and effect.outcome.get("kind")
+    if effect.outcome.get("kind") in FAILING_KINDS and not run.is_dry_run:
+        final_status, final_reason = RunStatus.FAILED, str(effect.outcome.get("reason") or "")
+    else:
+        final_status, final_reason = RunStatus.SUCCEEDED, None
+    params += [
+        json.dumps(output), now, int((time.monotonic() - started) * 1000), step.pk, step.attempt,
+        run.pk, step.pk,
+        json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None,
+        str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,
+    ]  # fmt: skip
+    with transaction.atomic():
+        ScenarioRun.objects.select_for_update().filter(pk=run.pk).values_list("id").first()
+        with connection.cursor() as cursor:
+            cursor.execute(_record_end_fast_sql(entry is not None), params)
+            done, log_id, status, reason, finished_at = cursor.fetchone()
+        if entry is not None:
+            entry.pk = log_id
+            entry._state.adding = False
+        if not done or status is None:
+            log.warning("engine.step_not_recorded", step_id=step.pk, attempt=step.attempt)
+            run.refresh_from_db(fields=["status", "reason", "variables", "result", "finished_at"])
+            return
+        run.variables.update(effect.variables)
+        if is_answer:
+            run.result = dict(effect.outcome)
+        run.status, run.reason, run.finished_at = status, reason, finished_at
+        if status in ScenarioRun.FINISHED:
+            _announce_finished(run.pk, status, run.result)
 
 
 def engine_sweep(*, limit: int = 500, send: bool = True) -> int:
