@@ -21,6 +21,9 @@ MAX_GRAPHS = 512
 class Graph:
     elements: dict[int, Element]
     outgoing: dict[int, list[Connection]] = field(default_factory=dict)
+    # No element leads to more than one next element and no two starts share a step
+    # meaning and trigger: a run of it is at one place at a time, never two branches.
+    is_linear: bool = False
 
     def acting(self, element: Element) -> Element:
         """The element whose settings apply: a mirror's master, otherwise itself."""
@@ -69,6 +72,14 @@ def _build(integration_id: int) -> Graph:
     for element in elements.values():
         if element.mirror_of_id in elements:
             element.mirror_of = elements[element.mirror_of_id]
+    entries = [
+        (e.meaning, str((e.config or {}).get("trigger") or "default"))
+        for e in elements.values()
+        if e.kind == Element.Kind.START
+    ]
+    graph.is_linear = len(entries) == len(set(entries)) and all(
+        len(connections) <= 1 for connections in graph.outgoing.values()
+    )
     return graph
 
 

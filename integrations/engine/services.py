@@ -16,6 +16,7 @@ How a step runs exactly once:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -191,6 +192,10 @@ def run_start(
 
 
 _RUN_FIELDS = [f for f in ScenarioRun._meta.concrete_fields if not f.primary_key]
+# The run this thread started last (committed: run_start's statement is its own
+# transaction): run_drive right after it uses the object in hand instead of reading it
+# back. Only outside a transaction, where the insert is known to be committed.
+_just_started = threading.local()
 
 
 def _run_insert(
@@ -234,6 +239,7 @@ def _run_insert(
         run.pk, _count = cursor.fetchone()
     run._state.adding = False
     run._state.db = connection.alias
+    _just_started.run = run
 
 
 def scenario_default_build(*, integration: Integration) -> int:
@@ -817,13 +823,16 @@ def _unclaim(ids: list[int]) -> None:
 def _drive_in_process(*, run_id: int, deadline: float) -> ScenarioRun | None:
     """Drive until nothing of the run is due (returns the run as it now is) or the
     deadline passes (returns None: the caller hands what is left to the workers)."""
-    run = (
-        ScenarioRun.objects.select_related(
-            "integration__workspace", "lead__workspace", "lead__partner", "lead__structure"
+    run = getattr(_just_started, "run", None)
+    _just_started.run = None
+    if run is None or run.pk != run_id or connection.in_atomic_block:
+        run = (
+            ScenarioRun.objects.select_related(
+                "integration__workspace", "lead__workspace", "lead__partner", "lead__structure"
+            )
+            .filter(pk=run_id)
+            .first()
         )
-        .filter(pk=run_id)
-        .first()
-    )
     if run is None:
         return None
     while time.monotonic() < deadline:
@@ -1082,7 +1091,10 @@ def _record_end_fast(
         str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,
     ]  # fmt: skip
     with transaction.atomic():
-        ScenarioRun.objects.select_for_update().filter(pk=run.pk).values_list("id").first()
+        if not graph.is_linear:
+            # Another branch may end at the same moment: the lock orders the two, so the
+            # second sees the first's step finished and finishes the run.
+            ScenarioRun.objects.select_for_update().filter(pk=run.pk).values_list("id").first()
         with connection.cursor() as cursor:
             cursor.execute(_record_end_fast_sql(entry is not None), params)
             done, log_id, status, reason, finished_at = cursor.fetchone()
