@@ -115,6 +115,14 @@ class Element(models.Model):
                 raise ValidationError({"mirror_of": "Mirror a tool, a request or a wait."})
             if self.mirror_of.workspace_id != self.workspace_id:
                 raise ValidationError({"mirror_of": "The master is in another workspace."})
+        from integrations.engine.registry import ELEMENT_CHECKS
+
+        check = ELEMENT_CHECKS.get(self.kind)
+        if check is not None:
+            try:
+                check(self.config or {}, self.workspace_id)
+            except ValueError as exc:
+                raise ValidationError({"config": str(exc)}) from exc
 
 
 class Connection(models.Model):

@@ -9,6 +9,6 @@ class WebhooksConfig(AppConfig):
         # The engine never imports this app: the webhook step is registered here.
         from integrations.engine.registry import register_element
         from integrations.models import Element
-        from webhooks.step import handle
+        from webhooks.step import config_check, handle
 
-        register_element(Element.Kind.WEBHOOK, handle)
+        register_element(Element.Kind.WEBHOOK, handle, check=config_check)

@@ -271,3 +271,20 @@ def handle(call: StepCall) -> Effect:
 
 def deadline_for(config: WebhookStepConfig) -> Any:
     return timezone.now() + timedelta(seconds=config.park_seconds)
+
+
+def config_check(config: dict[str, Any], workspace_id: int | None) -> None:
+    """Element.clean's check of a webhook element: the settings, and an endpoint of that
+    webhook id in the element's workspace. Raises WebhookConfigError (a ValueError)."""
+    from webhooks.models import WebhookEndpoint
+
+    parsed = config_parse(config)
+    if workspace_id is not None and not (
+        WebhookEndpoint.objects.filter(
+            workspace_id=workspace_id, webhook_id=parsed.endpoint, deleted_at__isnull=True
+        ).exists()
+    ):
+        raise WebhookConfigError(
+            f"endpoint: no webhook endpoint {parsed.endpoint!r} in this workspace "
+            "(Webhooks > Webhook endpoints shows their ids)"
+        )

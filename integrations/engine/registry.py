@@ -56,11 +56,20 @@ class StepCall:
 
 
 ElementHandler = Callable[[StepCall], Effect]
+# Checks an element's settings when it is saved (``Element.clean``): called with the
+# config and the workspace id; raises ValueError with a message naming the setting.
+ElementCheck = Callable[[dict[str, Any], int | None], None]
 
 ELEMENT_HANDLERS: dict[str, ElementHandler] = {}
+ELEMENT_CHECKS: dict[str, ElementCheck] = {}
 
 
-def register_element(kind: str, handler: ElementHandler) -> ElementHandler:
-    """Make the engine call ``handler`` for elements of ``kind`` (an Element.Kind)."""
+def register_element(
+    kind: str, handler: ElementHandler, *, check: ElementCheck | None = None
+) -> ElementHandler:
+    """Make the engine call ``handler`` for elements of ``kind`` (an Element.Kind), and
+    ``check`` (if given) validate their settings when an element is saved."""
     ELEMENT_HANDLERS[kind] = handler
+    if check is not None:
+        ELEMENT_CHECKS[kind] = check
     return handler

@@ -17,7 +17,7 @@ from integrations.models import Connection, Element, Integration, RunStep, Scena
 from structures.models import Advertiser, Lead
 from webhooks import services
 from webhooks.models import WaitingWebhook, WebhookEndpoint
-from webhooks.step import handle
+from webhooks.step import config_check, handle
 
 Kind = Element.Kind
 
@@ -27,7 +27,7 @@ def webhook_step_registered() -> Iterator[None]:
     # An engine test unregisters the kind to check the "no handler" path: make sure ours
     # is the one installed here, whatever ran before.
     previous = registry.ELEMENT_HANDLERS.get(Kind.WEBHOOK)
-    registry.register_element(Kind.WEBHOOK, handle)
+    registry.register_element(Kind.WEBHOOK, handle, check=config_check)
     yield
     if previous is not None:
         registry.ELEMENT_HANDLERS[Kind.WEBHOOK] = previous
