@@ -216,6 +216,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SWEEPER_INTERVAL_SECONDS,
         "options": {"expires": max(SWEEPER_INTERVAL_SECONDS * 2, 10)},
     },
+    "pingtree-sweep": {
+        "task": "pingtree.sweep",
+        "schedule": SWEEPER_INTERVAL_SECONDS,
+        "options": {"expires": max(SWEEPER_INTERVAL_SECONDS * 2, 10)},
+    },
 }
 
 # --- Leadrelay ----------------------------------------------------------------------------

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class PingtreeConfig(AppConfig):
     name = "pingtree"
     verbose_name = "Ping trees"
+
+    def ready(self) -> None:
+        from pingtree import receivers
+
+        receivers.connect()

@@ -1,14 +1,1389 @@
-"""Writes of the ping tree (placeholder while the distribution services are written)."""
+"""Writes of the ping tree: distribute a lead through its tree, pause and resume offers,
+continue after a buyer's callback, sweep what was lost.
+
+How one lead is distributed exactly once:
+
+1. ``distribution_ensure`` creates the lead's one Distribution row (a unique lead key);
+2. a driver claims it by a conditional UPDATE (``attempt`` + 1, a lease until the tree's
+   deadline plus a margin); 0 rows means someone else drives it;
+3. the driver walks the tiers from the database rows: an offer with a result row in this
+   distribution is never asked again, a row left in flight by a dead driver is settled
+   from its scenario run (or the run is cancelled and the row recorded as an error);
+4. every sale is counted by a conditional UPDATE of the Distribution row (still our
+   attempt, not sold exclusively, no sale yet for an exclusive offer) and a unique
+   partial index allows one exclusive sale per lead;
+5. finishing is a conditional UPDATE too; the sweeper re-drives a running row whose
+   lease ran out (its worker died) and a pending row whose task was lost.
+
+Buyers are called through the scenario engine (``run_start`` / ``run_drive``) on a
+module-level pool of persistent threads, each with its own database connection, so an
+auction pings every offer at once and a slow buyer never holds the lead past the tier's
+or the tree's deadline: the driver stops waiting, cancels the run and moves on.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
+
+import structlog
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from integrations.engine import services as engine
+from integrations.models import Integration, ScenarioRun
+from pingtree import caps as caps_service
+from pingtree.choices import (
+    DISTRIBUTION_FINISHED,
+    CapMetric,
+    DistributionStatus,
+    OfferStatus,
+    PriceModel,
+    ResultStage,
+    ResultStatus,
+    SaleMode,
+    TierMode,
+)
+from pingtree.exceptions import OfferStateError
+from pingtree.models import (
+    Cap,
+    CapCounter,
+    Distribution,
+    Offer,
+    OfferResult,
+    PingTree,
+    Tier,
+    TierOffer,
+)
+from structures.choices import LeadStatus
+from structures.models import Lead, LeadEvent, RefusalPolicy
+
+log = structlog.get_logger(__name__)
+
+# A driver's lease lasts until the tree's deadline plus this margin (a blocking HTTP call
+# may end a little after the deadline); then the sweeper may hand the lead to another.
+LEASE_MARGIN = timedelta(seconds=15)
+# A pending distribution whose task was lost is re-driven after this.
+PENDING_GRACE = timedelta(seconds=30)
+# A distribution waiting on a buyer's callback is looked at again after this, in case the
+# run_finished signal was missed (a crash between commit and the signal).
+WAIT_RECHECK = timedelta(seconds=30)
+# A call with less time than this left is not started.
+MIN_CALL_SECONDS = 0.05
+POOL_SIZE = 32
+# A pool thread idle this long closes its database connection.
+POOL_IDLE_CLOSE_SECONDS = 10.0
+CENT = Decimal("0.0001")
+NOT_SENT_PREFIX = "Not sent"
+
+RunStatus = ScenarioRun.Status
+IN_FLIGHT = (ResultStage.PINGED, ResultStage.POSTED)
+
+
+# --- the thread pool ----------------------------------------------------------------------
+
+
+class _Pool:
+    """Persistent daemon threads taking calls from one queue. Each thread keeps its own
+    database connection (Django connections are per thread) and closes it when idle or
+    obsolete, so a long-lived worker never holds a dead connection."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        self._ensure()
+        future: Future = Future()
+        self.queue.put((future, fn, args))
+        return future
+
+    def _ensure(self) -> None:
+        with self.lock:
+            # After a fork (prefork workers) the parent's threads are not alive here.
+            self.threads = [t for t in self.threads if t.is_alive()]
+            while len(self.threads) < self.size:
+                thread = threading.Thread(
+                    target=self._work, name=f"pingtree-{len(self.threads)}", daemon=True
+                )
+                thread.start()
+                self.threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=POOL_IDLE_CLOSE_SECONDS)
+            except queue.Empty:
+                connection.close()
+                continue
+            if item is None:
+                connection.close()
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            close_old_connections()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001  (handed to the waiting driver)
+                future.set_exception(exc)
+            finally:
+                close_old_connections()
+
+    def shutdown(self) -> None:
+        """Stop the threads, each closing its connection (tests, before the test
+        database is dropped)."""
+        with self.lock:
+            threads, self.threads = self.threads, []
+        for _ in threads:
+            self.queue.put(None)
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+POOL = _Pool(POOL_SIZE)
+
+
+def pool_shutdown() -> None:
+    POOL.shutdown()
+
+
+def _drive_run(run_id: int, seconds: float) -> None:
+    engine.run_drive(run_id=run_id, deadline_seconds=seconds, hand_off=False)
+
+
+# --- small helpers ------------------------------------------------------------------------
 
 
 def offer_filters_errors(definition: dict[str, Any]) -> dict[str, list[str]]:
-    """Errors of an offer's filter definition by path (pingtree.filters, once present)."""
-    try:
-        from pingtree.filters import filters_validate
-    except ImportError:
-        return {}
+    """Errors of an offer's filter definition by path (pingtree.filters)."""
+    from pingtree.filters import filters_validate
+
     return filters_validate(definition)
+
+
+def _money(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, Decimal):
+        amount = value
+    else:
+        from integrations.reading import parse_amount
+
+        try:
+            amount = parse_amount(str(value))
+        except (InvalidOperation, ValueError):
+            amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        return None
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def _seconds_left(until: datetime) -> float:
+    return (until - timezone.now()).total_seconds()
+
+
+@dataclass
+class CallOutcome:
+    """What one ping or post of one offer came to."""
+
+    kind: str
+    reason: str = ""
+    captured: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)
+    ms: int = 0
+    blocking: bool = False  # parked on a webhook the buyer must call back
+    not_sent: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.kind == "duplicate":
+            return ResultStatus.REJECTED
+        if self.kind in ResultStatus.values:
+            return self.kind
+        return ResultStatus.ERROR
+
+
+def _outcome_of(run: ScenarioRun, ms: int) -> CallOutcome:
+    result = run.result or {}
+    kind = str(result.get("kind") or "")
+    reason = str(result.get("reason") or "")
+    captured = dict(result.get("captured") or {})
+    variables = dict(run.variables or {})
+    if run.status == RunStatus.WAITING and result.get("waiting") == "webhook":
+        if result.get("blocking"):
+            return CallOutcome(
+                "pending", reason or "waiting for the buyer's callback", captured, variables,
+                ms, blocking=True,
+            )  # fmt: skip
+        return CallOutcome(kind or "pending", reason, captured, variables, ms)
+    if run.status in (RunStatus.RUNNING, RunStatus.WAITING):
+        return CallOutcome("timeout", "no answer before the deadline", captured, variables, ms)
+    if run.status == RunStatus.TIMED_OUT:
+        return CallOutcome("timeout", reason or run.reason or "timed out", captured, variables, ms)
+    if run.status == RunStatus.CANCELLED:
+        return CallOutcome("timeout", run.reason or "cancelled", captured, variables, ms)
+    if not kind:
+        kind = "accepted" if run.status == RunStatus.SUCCEEDED else "error"
+        reason = reason or run.reason
+    return CallOutcome(
+        kind, reason, captured, variables, ms, not_sent=reason.startswith(NOT_SENT_PREFIX)
+    )
+
+
+# --- offers: pause, resume, health --------------------------------------------------------
+
+
+def offer_pause(*, offer: Offer, reason: str, actor: str = "operator") -> bool:
+    """Pause an active offer with a reason; False when it was not active."""
+    paused = Offer.objects.filter(pk=offer.pk, status=OfferStatus.ACTIVE).update(
+        status=OfferStatus.PAUSED, pause_reason=reason[:300], paused_at=timezone.now()
+    )
+    if paused:
+        log.warning("pingtree.offer_paused", offer_id=offer.pk, reason=reason, actor=actor)
+        offer.refresh_from_db(fields=["status", "pause_reason", "paused_at"])
+    return bool(paused)
+
+
+def offer_resume(*, offer: Offer, actor: str = "operator") -> Offer:
+    """Resume a paused offer: active again, its error streak forgotten."""
+    if offer.status != OfferStatus.PAUSED:
+        raise OfferStateError(f"The offer is {offer.get_status_display().lower()}, not paused.")
+    Offer.objects.filter(pk=offer.pk, status=OfferStatus.PAUSED).update(
+        status=OfferStatus.ACTIVE, pause_reason="", paused_at=None, consecutive_error_count=0
+    )
+    log.info("pingtree.offer_resumed", offer_id=offer.pk, actor=actor)
+    offer.refresh_from_db(fields=["status", "pause_reason", "paused_at", "consecutive_error_count"])
+    return offer
+
+
+def _offer_health_record(*, offer: Offer, failed: bool) -> None:
+    """N consecutive post errors or timeouts pause the offer; any answer resets the count."""
+    if not failed:
+        Offer.objects.filter(pk=offer.pk, consecutive_error_count__gt=0).update(
+            consecutive_error_count=0
+        )
+        return
+    Offer.objects.filter(pk=offer.pk).update(
+        consecutive_error_count=F("consecutive_error_count") + 1
+    )
+    if offer.auto_pause_after <= 0:
+        return
+    count = Offer.objects.filter(pk=offer.pk).values_list("consecutive_error_count", flat=True)[0]
+    if count >= offer.auto_pause_after:
+        offer_pause(
+            offer=offer,
+            reason=f"Auto-paused after {count} consecutive post errors or timeouts.",
+            actor="system",
+        )
+
+
+# --- trees and distributions --------------------------------------------------------------
+
+
+def tree_for_lead(lead: Lead) -> PingTree | None:
+    """The active tree serving the lead: one listing its partner, else its structure,
+    else the workspace's default tree."""
+    trees = PingTree.objects.filter(workspace_id=lead.workspace_id, is_active=True)
+    if lead.partner_id:
+        tree = trees.filter(partners=lead.partner_id).order_by("id").first()
+        if tree:
+            return tree
+    tree = trees.filter(structures=lead.structure_id).order_by("id").first()
+    return tree or trees.filter(is_default=True).first()
+
+
+def distribution_ensure(*, lead: Lead) -> Distribution:
+    """The lead's distribution, created pending (or at once unsold when no tree serves
+    it). Safe under concurrency: the lead is unique."""
+    existing = Distribution.objects.filter(lead_id=lead.pk).first()
+    if existing is not None:
+        return existing
+    tree = tree_for_lead(lead)
+    now = timezone.now()
+    dist = Distribution(
+        workspace_id=lead.workspace_id,
+        lead=lead,
+        tree=tree,
+        is_test=lead.is_test,
+        status=DistributionStatus.PENDING if tree else DistributionStatus.UNSOLD,
+        reason="" if tree else "No active ping tree serves this lead.",
+        next_check_at=now + PENDING_GRACE if tree else None,
+        finished_at=None if tree else now,
+    )
+    try:
+        # No history row when no tree serves the lead: a workspace without ping trees
+        # keeps its leads' history as it was.
+        with transaction.atomic():
+            dist.save(force_insert=True)
+    except IntegrityError:
+        return Distribution.objects.get(lead_id=lead.pk)
+    return dist
+
+
+def distribution_start(*, lead_id: int, inline: bool = False) -> Distribution | None:
+    """Create the lead's distribution and queue its run after commit (``inline``: the
+    caller drives it itself, e.g. a partner waiting synchronously)."""
+    lead = Lead.objects.select_related("workspace").filter(pk=lead_id).first()
+    if lead is None:
+        return None
+    dist = distribution_ensure(lead=lead)
+    if dist.status == DistributionStatus.PENDING and not inline:
+        from pingtree.tasks import distribution_run_task
+
+        dist_id = dist.pk
+        transaction.on_commit(lambda: distribution_run_task.delay(dist_id), robust=True)
+    return dist
+
+
+def _history(dist: Distribution, kind: str, message: str, data: dict | None = None) -> None:
+    LeadEvent.objects.create(
+        workspace_id=dist.workspace_id,
+        lead_id=dist.lead_id,
+        kind=kind,
+        message=message[:500],
+        data=data or {},
+        actor="ping tree",
+    )
+
+
+def _claim(dist_id: int) -> Distribution | None:
+    """Take the distribution for this driver: pending, waiting, or running with its lease
+    run out. Returns it with its new attempt, or None when someone else has it."""
+    dist = Distribution.objects.select_related("tree").filter(pk=dist_id).first()
+    if dist is None or dist.status in DISTRIBUTION_FINISHED:
+        return None
+    now = timezone.now()
+    claimable = Q(status__in=(DistributionStatus.PENDING, DistributionStatus.WAITING)) | Q(
+        status=DistributionStatus.RUNNING, lease_until__lt=now
+    )
+    tree_seconds = dist.tree.deadline_seconds if dist.tree else 0.0
+    deadline = dist.deadline_at or now + timedelta(seconds=tree_seconds)
+    lease = max(deadline, now) + LEASE_MARGIN
+    claimed = (
+        Distribution.objects.filter(pk=dist_id, attempt=dist.attempt)
+        .filter(claimable)
+        .update(
+            status=DistributionStatus.RUNNING,
+            attempt=dist.attempt + 1,
+            lease_until=lease,
+            next_check_at=lease,
+            started_at=dist.started_at or now,
+            deadline_at=deadline,
+        )
+    )
+    if not claimed:
+        return None
+    dist.refresh_from_db()
+    return dist
+
+
+def distribution_run(*, distribution_id: int, budget_seconds: float | None = None) -> Distribution:
+    """Claim and drive one distribution until it finishes, waits on a buyer's callback,
+    or this call's ``budget_seconds`` runs out (then it is handed to a worker). Running
+    it twice, or while another driver has it, changes nothing."""
+    dist = _claim(distribution_id)
+    if dist is None:
+        return Distribution.objects.get(pk=distribution_id)
+    lead = Lead.objects.select_related("workspace", "partner", "structure").get(pk=dist.lead_id)
+    with structlog.contextvars.bound_contextvars(lead_id=lead.pcid, distribution_id=dist.pk):
+        driver = _Driver(dist=dist, lead=lead, budget_seconds=budget_seconds)
+        driver.drive()
+    return Distribution.objects.get(pk=distribution_id)
+
+
+def distribution_for_lead_run(*, lead_id: int) -> Distribution | None:
+    """The task's entry point by lead: ensure and drive. An approved lead is distributed;
+    a pending one only through the refusal policy's ping tree gate; a rejected one when
+    the policy processes refused leads (without paying the partner)."""
+    lead = Lead.objects.select_related("workspace").filter(pk=lead_id).first()
+    if lead is None:
+        return None
+    if lead.status == LeadStatus.REJECTED:
+        if not refusal_policy_process_refused(lead.workspace_id):
+            return None
+    elif lead.status != LeadStatus.APPROVED:
+        return Distribution.objects.filter(lead_id=lead_id).first()
+    dist = distribution_ensure(lead=lead)
+    return distribution_run(distribution_id=dist.pk)
+
+
+@dataclass
+class _Candidate:
+    offer: Offer
+    priority: int
+    weight: int
+    result: OfferResult | None = None
+    value: Decimal | None = None  # what a sale would earn, for ranking
+    ping: CallOutcome | None = None
+
+
+class _Stop(Exception):
+    """This driver must stop: our claim was lost, or we handed off or parked."""
+
+
+class _Driver:
+    """Walks one claimed distribution through its tree."""
+
+    def __init__(self, *, dist: Distribution, lead: Lead, budget_seconds: float | None) -> None:
+        self.dist = dist
+        self.lead = lead
+        self.tree = dist.tree
+        self.deadline = dist.deadline_at or timezone.now()
+        now = timezone.now()
+        self.until = (
+            min(self.deadline, now + timedelta(seconds=budget_seconds))
+            if budget_seconds is not None
+            else self.deadline
+        )
+        self.tz = lead.workspace.timezone
+        self.results: dict[int, OfferResult] = {
+            r.offer_id: r for r in OfferResult.objects.filter(distribution=dist)
+        }
+        self.external_checks: dict[str, bool] = {}
+
+    # -- the walk ------------------------------------------------------------------------
+
+    def drive(self) -> None:
+        try:
+            if self._settle_in_flight():
+                return
+            if self.dist.sold_count == 0:
+                for tier in (
+                    Tier.objects.filter(tree=self.tree).order_by("position", "id")
+                    if self.tree
+                    else []
+                ):
+                    if self._time_up():
+                        break
+                    self._tier_run(tier)
+                    self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
+                    if self.dist.sold_count:
+                        break  # the first tier that sells ends the tree
+            if (
+                self.dist.sold_count == 0
+                and _seconds_left(self.deadline) > 0
+                and self._budget_over()
+            ):
+                self._hand_off()
+                return
+            self._finish()
+        except _Stop:
+            return
+
+    def _time_up(self) -> bool:
+        return _seconds_left(self.until) <= MIN_CALL_SECONDS
+
+    def _budget_over(self) -> bool:
+        return self.until < self.deadline and _seconds_left(self.until) <= MIN_CALL_SECONDS
+
+    def _hand_off(self) -> None:
+        """This call's budget is over but the tree's is not: a worker continues."""
+        from pingtree.tasks import distribution_run_task
+
+        handed = Distribution.objects.filter(
+            pk=self.dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
+        ).update(
+            status=DistributionStatus.PENDING,
+            lease_until=None,
+            next_check_at=timezone.now() + PENDING_GRACE,
+        )
+        if handed:
+            dist_id = self.dist.pk
+            transaction.on_commit(lambda: distribution_run_task.delay(dist_id), robust=True)
+
+    def _alive(self) -> None:
+        if not Distribution.objects.filter(
+            pk=self.dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
+        ).exists():
+            log.warning("pingtree.claim_lost", attempt=self.dist.attempt)
+            raise _Stop
+
+    # -- tiers ---------------------------------------------------------------------------
+
+    def _tier_until(self, tier: Tier) -> datetime:
+        until = self.until
+        if tier.deadline_seconds:
+            started = min(
+                (r.created_at for r in self.results.values() if r.tier_id == tier.pk),
+                default=timezone.now(),
+            )
+            until = min(until, started + timedelta(seconds=tier.deadline_seconds))
+        return until
+
+    def _tier_run(self, tier: Tier) -> None:
+        until = self._tier_until(tier)
+        candidates = [
+            _Candidate(offer=to.offer, priority=to.priority, weight=to.weight)
+            for to in tier.tier_offers.select_related("offer__integration", "offer__advertiser")
+            .prefetch_related("offer__caps")
+            .order_by("priority", "id")
+            if to.offer_id not in self.results
+        ]
+        eligible: list[_Candidate] = []
+        for cand in candidates:
+            why = self._ineligible(cand.offer, tier)
+            if why:
+                self._skip(cand.offer, tier, why)
+            else:
+                eligible.append(cand)
+        if not eligible:
+            return
+        if tier.mode == TierMode.WEIGHTED:
+            eligible = self._weighted_order(eligible)
+        if tier.mode in (TierMode.AUCTION, TierMode.MULTI_SALE):
+            self._auction(tier, eligible, until, max_sales=tier.max_sales
+                          if tier.mode == TierMode.MULTI_SALE else 1)  # fmt: skip
+        else:
+            self._waterfall(tier, eligible, until)
+
+    def _weighted_order(self, eligible: list[_Candidate]) -> list[_Candidate]:
+        """A random order drawn by weight (each draw picks an offer with probability
+        weight / remaining weights); weight 0 comes last. Seeded by the lead, so a re-drive
+        walks the same order."""
+        rng = random.Random(self.lead.pcid)  # noqa: S311  (not security)
+        keyed = [
+            (rng.random() ** (1.0 / c.weight) if c.weight > 0 else -1.0 + rng.random() / 10, c)
+            for c in eligible
+        ]
+        return [c for _, c in sorted(keyed, key=lambda kc: kc[0], reverse=True)]
+
+    def _waterfall(self, tier: Tier, eligible: list[_Candidate], until: datetime) -> None:
+        for cand in eligible:
+            if _seconds_left(until) <= MIN_CALL_SECONDS:
+                self._skip(cand.offer, tier, self._deadline_reason(until))
+                continue
+            if self.dist.sold_count and not self._may_sell(cand.offer, 1):
+                self._skip(cand.offer, tier, "the lead is sold already")
+                continue
+            result = self._open(cand.offer, tier)
+            if cand.offer.price_model != PriceModel.FIXED and self._has_ping(cand.offer):
+                ping = self._ping_one(cand, result, until)
+                if not self._bid_valid(cand, result, ping):
+                    continue
+            if self._post(cand, result, until):
+                return
+
+    def _auction(
+        self, tier: Tier, eligible: list[_Candidate], until: datetime, *, max_sales: int
+    ) -> None:
+        pinged: list[tuple[_Candidate, ScenarioRun, Future, float]] = []
+        for cand in eligible:
+            cand.result = self._open(cand.offer, tier)
+            if self._has_ping(cand.offer):
+                started = time.monotonic()
+                run, future = self._call_start(cand.offer, cand.result, "ping", until)
+                if run is None:
+                    continue
+                pinged.append((cand, run, future, started))
+            else:
+                cand.value = self._expected_value(cand.offer, None)
+        # Each ping may take its offer's timeout, none more than the tier's time; waiting
+        # for each in turn up to its own absolute deadline waits for all at once.
+        for cand, run, future, started in pinged:
+            own = min(cand.offer.timeout_seconds, _seconds_left(until))
+            outcome = self._call_finish(
+                run, future, started,
+                timeout=max(own - (time.monotonic() - started), 0),
+                cancel_reason=self._cut_reason(cand, until),
+            )  # fmt: skip
+            self._ping_record(cand, cand.result, outcome)
+            self._bid_valid(cand, cand.result, outcome)
+        ranked = sorted(
+            (
+                c
+                for c in eligible
+                if c.value is not None and c.result.status == ResultStatus.PENDING
+            ),
+            key=lambda c: (-c.value, c.priority, c.offer.pk),
+        )
+        sales = 0
+        for cand in ranked:
+            if sales >= max_sales or (
+                self.dist.sold_count and not self._may_sell(cand.offer, max_sales)
+            ):
+                why = "outbid: the lead went to a higher bid" if sales else "the lead is sold"
+                self._result_update(
+                    cand.result, status=ResultStatus.OUTBID, reason=why, finished=True
+                )
+                continue
+            if _seconds_left(until) <= MIN_CALL_SECONDS:
+                self._result_update(
+                    cand.result, status=ResultStatus.TIMEOUT,
+                    reason=f"not posted: {self._deadline_reason(until)}", finished=True,
+                )  # fmt: skip
+                continue
+            if self._post(cand, cand.result, until):
+                sales += 1
+                self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
+                if self.dist.is_exclusive_sold:
+                    max_sales = sales
+
+    def _cut_reason(self, cand: _Candidate, until: datetime) -> str:
+        if cand.offer.timeout_seconds <= _seconds_left(until):
+            return f"the offer's timeout ({cand.offer.timeout_seconds:g} s) passed"
+        return self._deadline_reason(until)
+
+    def _deadline_reason(self, until: datetime) -> str:
+        if until >= self.deadline:
+            return "the ping tree's deadline passed"
+        if until >= self.until and self.until < self.deadline:
+            return "the time budget ran out"
+        return "the tier's deadline passed"
+
+    # -- eligibility ---------------------------------------------------------------------
+
+    def _ineligible(self, offer: Offer, tier: Tier) -> str:
+        if offer.status != OfferStatus.ACTIVE:
+            why = f"offer is {offer.get_status_display().lower()}"
+            return f"{why}: {offer.pause_reason}" if offer.pause_reason else why
+        integration: Integration = offer.integration
+        if integration.status == "disabled":
+            return "the offer's integration is disabled"
+        if integration.status == "test" and not self.lead.is_test:
+            return "the offer's integration is in test mode (test leads only)"
+        if offer.sale_mode == SaleMode.EXCLUSIVE and tier.mode == TierMode.MULTI_SALE:
+            if self.dist.sold_count:
+                return "exclusive offer: the lead is sold already"
+        if self.dist.is_exclusive_sold:
+            return "the lead is sold exclusively"
+        if not self.lead.is_test:
+            full = self._cap_full(offer)
+            if full:
+                return full
+        return self._filters(offer)
+
+    def _cap_full(self, offer: Offer) -> str:
+        """A read-only look before pinging (the reservation before posting decides)."""
+        now = timezone.now()
+        for cap in offer.caps.all():
+            if not cap.is_active:
+                continue
+            start = caps_service.period_start(period=cap.period, now=now, tz_name=self.tz)
+            used = CapCounter.objects.filter(cap=cap, period_start=start).values_list(
+                "used", flat=True
+            ).first() or Decimal("0")
+            step = Decimal("1") if cap.metric != CapMetric.REVENUE else Decimal("0")
+            if used + step > cap.limit or (step == 0 and used >= cap.limit):
+                label = CapMetric(cap.metric).label.lower()
+                return f"cap reached: {cap.limit.normalize():f} {label} per {cap.period}"
+        return ""
+
+    def _filters(self, offer: Offer) -> str:
+        from pingtree import filters
+
+        definition = offer.filters or {}
+        if not definition:
+            return ""
+        checks: dict[str, bool] = {}
+        for integration_id in filters.external_checks_needed(definition):
+            checks[str(integration_id)] = self._external_check(integration_id)
+        result = filters.filters_evaluate(
+            definition,
+            lead_values=self.lead.data,
+            partner_id=self.lead.partner_id,
+            now=timezone.now(),
+            history=offer_history(offer=offer, lead=self.lead, exclude_distribution=self.dist.pk)
+            if filters.history_lookback(definition)
+            else None,
+            external_checks=checks,
+        )
+        return "" if result.passed else f"filters: {result.reason}"
+
+    def _external_check(self, integration_id: int) -> bool:
+        key = str(integration_id)
+        if key in self.external_checks:
+            return self.external_checks[key]
+        integration = Integration.objects.filter(
+            pk=integration_id, workspace_id=self.lead.workspace_id
+        ).first()
+        ok = False
+        seconds = min(_seconds_left(self.until), 10.0)
+        if integration is not None and seconds > MIN_CALL_SECONDS:
+            try:
+                run = engine.run_start(
+                    integration=integration, lead=self.lead, meaning="post",
+                    variables={"CHECK": "1"}, deadline_seconds=seconds,
+                )  # fmt: skip
+            except engine.EngineError:
+                run = None
+            if run is not None:
+                future = POOL.submit(_drive_run, run.pk, seconds)
+                outcome = self._call_finish(run, future, time.monotonic(), timeout=seconds)
+                ok = outcome.kind == "accepted"
+        self.external_checks[key] = ok
+        return ok
+
+    def _may_sell(self, offer: Offer, max_sales: int) -> bool:
+        if self.dist.is_exclusive_sold:
+            return False
+        if offer.sale_mode == SaleMode.EXCLUSIVE:
+            return self.dist.sold_count == 0
+        return self.dist.sold_count < max_sales
+
+    # -- result rows ---------------------------------------------------------------------
+
+    def _skip(self, offer: Offer, tier: Tier, reason: str) -> None:
+        self._open(offer, tier, skipped_reason=reason)
+
+    def _open(self, offer: Offer, tier: Tier, *, skipped_reason: str | None = None) -> OfferResult:
+        """The offer's result row in this distribution (one per offer)."""
+        self._alive()
+        skipped = skipped_reason is not None
+        now = timezone.now()
+        row = OfferResult(
+            workspace_id=self.dist.workspace_id,
+            distribution=self.dist,
+            offer=offer,
+            tier=tier,
+            position=len(self.results),
+            stage=ResultStage.SKIPPED,
+            status=ResultStatus.SKIPPED if skipped else ResultStatus.PENDING,
+            reason=(skipped_reason or "")[:500],
+            is_test=self.lead.is_test,
+            is_exclusive=offer.sale_mode == SaleMode.EXCLUSIVE,
+            finished_at=now if skipped else None,
+        )
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+        except IntegrityError:
+            row = OfferResult.objects.get(distribution=self.dist, offer=offer)
+        self.results[offer.pk] = row
+        return row
+
+    def _result_update(
+        self, row: OfferResult, *, finished: bool = False, **values: Any
+    ) -> OfferResult:
+        if "reason" in values:
+            values["reason"] = str(values["reason"])[:500]
+        if finished:
+            values["finished_at"] = timezone.now()
+        OfferResult.objects.filter(pk=row.pk).update(**values)
+        for key, value in values.items():
+            setattr(row, key, value)
+        return row
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _has_ping(self, offer: Offer) -> bool:
+        elements = offer.integration.elements.filter(kind="start")
+        if elements.exists():
+            return elements.filter(meaning="ping").exists()
+        return offer.integration.requests.filter(meaning="ping").exists()
+
+    def _variables(self, offer: Offer, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        values = {
+            "OFFER_ID": str(offer.pk),
+            "ADVERTISER_ID": str(offer.advertiser_id),
+            "DISTRIBUTION_ID": str(self.dist.pk),
+        }
+        if extra:
+            values.update(extra)
+        return values
+
+    def _call_start(
+        self,
+        offer: Offer,
+        row: OfferResult,
+        meaning: str,
+        until: datetime,
+        variables: dict[str, Any] | None = None,
+    ) -> tuple[ScenarioRun | None, Future | None]:
+        seconds = min(_seconds_left(until), offer.timeout_seconds)
+        stage = ResultStage.PINGED if meaning == "ping" else ResultStage.POSTED
+        try:
+            run = engine.run_start(
+                integration=offer.integration,
+                lead=self.lead,
+                meaning=meaning,
+                variables=self._variables(offer, variables),
+                # A post may park on a buyer's callback longer than the tree's deadline
+                # (blocking webhook): only pings get a run deadline; posts are cut by
+                # the driver's wait and cancelled if still unfinished.
+                deadline_seconds=seconds if meaning == "ping" else None,
+            )
+        except engine.EngineError as exc:
+            fields = {"ping_status" if meaning == "ping" else "post_status": ResultStatus.ERROR}
+            self._result_update(
+                row, stage=stage, status=ResultStatus.ERROR, reason=str(exc), finished=True,
+                **fields,
+            )  # fmt: skip
+            return None, None
+        run_field = "ping_run" if meaning == "ping" else "post_run"
+        self._result_update(row, stage=stage, **{run_field: run})
+        return run, POOL.submit(_drive_run, run.pk, seconds)
+
+    def _call_finish(
+        self,
+        run: ScenarioRun,
+        future: Future,
+        started: float,
+        *,
+        timeout: float | None = None,
+        cancel_reason: str = "the deadline passed",
+    ) -> CallOutcome:
+        if timeout is not None:
+            with contextlib.suppress(FutureTimeout):
+                future.result(timeout=max(timeout, 0))
+        error = None
+        if future.done() and not future.cancelled():
+            error = future.exception()
+        ms = int((time.monotonic() - started) * 1000)
+        fresh = ScenarioRun.objects.get(pk=run.pk)
+        parked_on_webhook = (fresh.result or {}).get("waiting") == "webhook"
+        if not future.done() or (
+            fresh.status in (RunStatus.RUNNING, RunStatus.WAITING) and not parked_on_webhook
+        ):
+            # Still talking to the buyer: stop waiting, and cancel the run so a late
+            # answer changes nothing.
+            fresh = engine.run_cancel(run_id=run.pk, reason=cancel_reason)
+            if fresh.status == RunStatus.CANCELLED:
+                return CallOutcome("timeout", f"no answer: {cancel_reason}", ms=ms)
+        if error is not None and fresh.status not in ScenarioRun.FINISHED:
+            return CallOutcome("error", f"the call failed: {error}", ms=ms)
+        return _outcome_of(fresh, ms)
+
+    def _ping_one(self, cand: _Candidate, row: OfferResult, until: datetime) -> CallOutcome:
+        started = time.monotonic()
+        run, future = self._call_start(cand.offer, row, "ping", until)
+        if run is None:
+            return CallOutcome("error", row.reason)
+        seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
+        outcome = self._call_finish(
+            run, future, started, timeout=seconds, cancel_reason=self._cut_reason(cand, until)
+        )
+        self._ping_record(cand, row, outcome)
+        return outcome
+
+    def _ping_record(self, cand: _Candidate, row: OfferResult, outcome: CallOutcome) -> None:
+        cand.ping = outcome
+        bid = _money(outcome.captured.get("price"))
+        status = outcome.status if not outcome.blocking else ResultStatus.TIMEOUT
+        self._result_update(
+            row, stage=ResultStage.PINGED, ping_status=status, bid=bid, ping_ms=outcome.ms,
+            reason=outcome.reason,
+        )  # fmt: skip
+
+    def _bid_valid(self, cand: _Candidate, row: OfferResult, ping: CallOutcome) -> bool:
+        """Whether the ping's answer lets us post; records why not."""
+        if ping.kind != "accepted" or ping.blocking:
+            status = ping.status if not ping.blocking else ResultStatus.TIMEOUT
+            if row.status == ResultStatus.PENDING:
+                self._result_update(
+                    row, status=status, reason=f"ping: {ping.reason or ping.kind}", finished=True
+                )
+            return False
+        value = self._expected_value(cand.offer, row.bid)
+        if cand.offer.price_model == PriceModel.BID and row.bid is None:
+            self._result_update(
+                row, status=ResultStatus.REJECTED, reason="ping: no bid in the answer",
+                finished=True,
+            )  # fmt: skip
+            return False
+        if row.bid is not None and row.bid < cand.offer.min_price:
+            self._result_update(
+                row, status=ResultStatus.REJECTED,
+                reason=f"bid {row.bid.normalize():f} is under the minimum price "
+                f"{cand.offer.min_price.normalize():f}",
+                finished=True,
+            )  # fmt: skip
+            return False
+        cand.value = value
+        return True
+
+    def _expected_value(self, offer: Offer, bid: Decimal | None) -> Decimal:
+        if offer.price_model == PriceModel.FIXED:
+            return offer.price
+        if offer.price_model == PriceModel.BID:
+            return bid or Decimal("0")
+        return ((bid or Decimal("0")) * offer.revenue_share_percent / 100).quantize(CENT)
+
+    def _reserve(self, cand: _Candidate, row: OfferResult) -> str:
+        if self.lead.is_test:
+            return ""
+        caps = [c for c in cand.offer.caps.all() if c.is_active]
+        if not caps:
+            return ""
+        amounts = {CapMetric.SENT: Decimal("1"), CapMetric.SOLD: Decimal("1")}
+        expected = self._expected_value(cand.offer, row.bid)
+        if expected > 0:
+            amounts[CapMetric.REVENUE] = expected
+        with transaction.atomic():
+            reservations, why = caps_service.caps_reserve(
+                caps=caps, amounts=amounts, now=timezone.now(), tz_name=self.tz
+            )
+            if why:
+                return why
+            self._result_update(row, reservations=reservations)
+        return ""
+
+    def _post(self, cand: _Candidate, row: OfferResult, until: datetime) -> bool:
+        """Post the lead to the offer; True when it sold."""
+        self._alive()
+        why = self._reserve(cand, row)
+        if why:
+            self._result_update(row, status=ResultStatus.SKIPPED, reason=why, finished=True)
+            return False
+        extra = {}
+        if cand.ping is not None:
+            extra = {k: v for k, v in cand.ping.variables.items() if not k.startswith("_")}
+        if row.bid is not None:
+            extra["BID"] = str(row.bid)
+        started = time.monotonic()
+        run, future = self._call_start(cand.offer, row, "post", until, variables=extra)
+        if run is None:
+            self._release(row)
+            return False
+        seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
+        outcome = self._call_finish(
+            run, future, started, timeout=seconds, cancel_reason=self._cut_reason(cand, until)
+        )
+        if outcome.blocking:
+            self._park(row, outcome)
+        return self._post_record(cand.offer, row, outcome)
+
+    def _park(self, row: OfferResult, outcome: CallOutcome) -> None:
+        """The buyer answers by callback and holds the lead: wait for run_finished."""
+        self._result_update(
+            row, post_status=ResultStatus.PENDING, post_ms=outcome.ms, reason=outcome.reason
+        )
+        parked = Distribution.objects.filter(
+            pk=self.dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
+        ).update(
+            status=DistributionStatus.WAITING,
+            lease_until=None,
+            next_check_at=timezone.now() + WAIT_RECHECK,
+        )
+        if parked:
+            _history(self.dist, "distribution", f"Waiting for {row.offer}'s callback.")
+            # The run may have finished between our look and the park: look again.
+            run = ScenarioRun.objects.get(pk=row.post_run_id)
+            if run.status in ScenarioRun.FINISHED:
+                _continue_later(self.dist.pk)
+        raise _Stop
+
+    def _post_record(self, offer: Offer, row: OfferResult, outcome: CallOutcome) -> bool:
+        status = outcome.status
+        if not self.lead.is_test and not outcome.not_sent:
+            _offer_health_record(
+                offer=offer, failed=status in (ResultStatus.ERROR, ResultStatus.TIMEOUT)
+            )
+        if status != ResultStatus.ACCEPTED:
+            self._release(row)
+            self._result_update(
+                row, stage=ResultStage.POSTED, status=status, post_status=status,
+                post_ms=outcome.ms, reason=outcome.reason or status, finished=True,
+            )  # fmt: skip
+            return False
+        return self._sale(offer, row, outcome)
+
+    def _release(self, row: OfferResult, metrics: tuple[str, ...] = ("sold", "revenue")) -> None:
+        if row.reservations:
+            caps_service.caps_release(reservations=row.reservations, metrics=metrics)
+            kept = [r for r in row.reservations if r["metric"] not in metrics]
+            self._result_update(row, reservations=kept)
+
+    def _sale(self, offer: Offer, row: OfferResult, outcome: CallOutcome) -> bool:
+        reported = _money(outcome.captured.get("price"))
+        if offer.price_model == PriceModel.FIXED:
+            price = offer.price
+        elif offer.price_model == PriceModel.BID:
+            price = reported if reported is not None else (row.bid or Decimal("0"))
+        else:
+            base = reported if reported is not None else (row.bid or Decimal("0"))
+            price = (base * offer.revenue_share_percent / 100).quantize(CENT)
+        exclusive = offer.sale_mode == SaleMode.EXCLUSIVE
+        redirect = str(outcome.captured.get("redirect_url") or "")[:2000]
+        counted = Decimal("0") if self.lead.is_test else price
+        with transaction.atomic():
+            sale_ok = Q(is_exclusive_sold=False) & (Q(sold_count=0) if exclusive else Q())
+            sold = (
+                Distribution.objects.filter(
+                    pk=self.dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
+                )
+                .filter(sale_ok)
+                .update(
+                    sold_count=F("sold_count") + 1,
+                    is_exclusive_sold=exclusive,
+                    revenue=F("revenue") + counted,
+                    margin=F("margin") + counted,  # no payout until the end
+                )
+            )
+            fields: dict[str, Any] = dict(
+                stage=ResultStage.POSTED, status=ResultStatus.ACCEPTED,
+                post_status=ResultStatus.ACCEPTED, post_ms=outcome.ms, price=price,
+                redirect_url=redirect,
+                buyer_lead_id=str(outcome.captured.get("buyer_lead_id") or "")[:255],
+                reason=outcome.reason or "accepted", is_sold=bool(sold),
+            )  # fmt: skip
+            if not sold:
+                fields["reason"] = "accepted after the lead was sold elsewhere: not counted"
+            self._result_update(row, finished=True, **fields)
+            if sold and not self.lead.is_test:
+                self._settle_revenue_caps(offer, row, price)
+            if sold and redirect:
+                Distribution.objects.filter(pk=self.dist.pk, redirect_url="").update(
+                    redirect_url=redirect
+                )
+        if not sold:
+            self._release(row)
+            return False
+        self.dist.sold_count += 1
+        self.dist.is_exclusive_sold = self.dist.is_exclusive_sold or exclusive
+        log.info("pingtree.sold", offer_id=offer.pk, price=str(price))
+        return True
+
+    def _settle_revenue_caps(self, offer: Offer, row: OfferResult, price: Decimal) -> None:
+        """The revenue reserved was the expected price; count the real one."""
+        reserved = sum(
+            (Decimal(r["amount"]) for r in row.reservations if r["metric"] == CapMetric.REVENUE),
+            Decimal("0"),
+        )
+        if reserved == price:
+            return
+        self._release(row, metrics=(CapMetric.REVENUE,))
+        caps = [c for c in offer.caps.all() if c.is_active]
+        added = caps_service.caps_add(
+            caps=caps, metric=CapMetric.REVENUE, amount=price, now=timezone.now(), tz_name=self.tz
+        )
+        self._result_update(row, reservations=row.reservations + added)
+
+    # -- in flight after a crash or a callback -------------------------------------------
+
+    def _settle_in_flight(self) -> bool:
+        """Settle result rows a previous driver left open. True when the distribution
+        must go on waiting (a blocking callback still outstanding)."""
+        for row in list(self.results.values()):
+            if row.status != ResultStatus.PENDING or row.finished_at is not None:
+                continue
+            offer = Offer.objects.select_related("integration").get(pk=row.offer_id)
+            if row.post_run_id:
+                run = ScenarioRun.objects.get(pk=row.post_run_id)
+                if run.status not in ScenarioRun.FINISHED:
+                    if (run.result or {}).get("blocking") and run.status == RunStatus.WAITING:
+                        self._park(row, _outcome_of(run, row.post_ms or 0))
+                    run = engine.run_cancel(
+                        run_id=run.pk, reason="the ping tree's driver was lost mid-post"
+                    )
+                if run.status == RunStatus.CANCELLED:
+                    self._release(row)
+                    self._result_update(
+                        row, stage=ResultStage.POSTED, status=ResultStatus.ERROR,
+                        post_status=ResultStatus.ERROR,
+                        reason="the driver was lost mid-post; the run was cancelled",
+                        finished=True,
+                    )  # fmt: skip
+                    continue
+                outcome = _outcome_of(run, row.post_ms or 0)
+                if (
+                    outcome.kind == "accepted"
+                    and self.dist.sold_count
+                    and not self._may_sell(offer, 1_000_000)
+                ):
+                    outcome = CallOutcome("rejected", "the lead was sold meanwhile")
+                self._post_record(offer, row, outcome)
+                self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
+                continue
+            # Opened or pinged, never posted: nothing was sold.
+            if row.ping_run_id:
+                engine.run_cancel(run_id=row.ping_run_id, reason="the ping tree's driver stopped")
+            self._release(row)
+            self._result_update(
+                row, status=ResultStatus.ERROR,
+                reason="not posted: the driver stopped before posting (lost, or waited for "
+                "another buyer's callback)",
+                finished=True,
+            )  # fmt: skip
+        return False
+
+    # -- finishing -----------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        dist = Distribution.objects.get(pk=self.dist.pk)
+        sold = dist.sold_count > 0
+        revenue = Decimal("0") if dist.is_test else dist.revenue
+        payout = Decimal("0")
+        lead_status = Lead.objects.filter(pk=self.lead.pk).values_list("status", flat=True)[0]
+        if sold and self.tree and lead_status != LeadStatus.REJECTED:
+            payout = (revenue * self.tree.payout_percent / 100).quantize(CENT, ROUND_HALF_UP)
+        if sold:
+            reason = ""
+        elif _seconds_left(self.deadline) <= MIN_CALL_SECONDS and self._left_untried():
+            reason = "The ping tree's deadline passed before a buyer bought the lead."
+        else:
+            reason = self._unsold_reason()
+        with transaction.atomic():
+            done = Distribution.objects.filter(
+                pk=dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
+            ).update(
+                status=DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
+                reason=reason[:500],
+                revenue=revenue,
+                payout=payout,
+                margin=revenue - payout,
+                finished_at=timezone.now(),
+                lease_until=None,
+                next_check_at=None,
+            )
+            if not done:
+                raise _Stop
+            # Rows never reached before the deadline are recorded as skipped.
+            if sold:
+                buyers = ", ".join(
+                    str(r.offer)
+                    for r in OfferResult.objects.filter(distribution=dist, is_sold=True)
+                    .select_related("offer")
+                    .order_by("position")
+                )
+                _history(
+                    dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
+                    {"revenue": str(revenue), "payout": str(payout)},
+                )  # fmt: skip
+            else:
+                _history(dist, "unsold", f"Not sold: {reason}")
+            lead_id = self.lead.pk
+            if lead_status == LeadStatus.PENDING:
+                transaction.on_commit(lambda: _lead_process_later(lead_id), robust=True)
+        log.info("pingtree.finished", sold=sold, revenue=str(revenue))
+
+    def _left_untried(self) -> bool:
+        if self.tree is None:
+            return False
+        untried = (
+            TierOffer.objects.filter(tier__tree=self.tree)
+            .exclude(offer_id__in=set(self.results))
+            .select_related("offer", "tier")
+            .order_by("tier__position", "tier_id", "priority", "id")
+        )
+        found = False
+        for tier_offer in untried:
+            if tier_offer.offer_id in self.results:
+                continue  # in two tiers
+            found = True
+            self._skip(tier_offer.offer, tier_offer.tier, "not reached before the deadline")
+        return found
+
+    def _unsold_reason(self) -> str:
+        rows = list(
+            OfferResult.objects.filter(distribution=self.dist).select_related("offer")
+            .order_by("position")
+        )  # fmt: skip
+        if not rows:
+            return "No offer in the ping tree."
+        if all(r.status == ResultStatus.SKIPPED for r in rows):
+            return "No offer was eligible: " + "; ".join(f"{r.offer}: {r.reason}" for r in rows[:5])
+        asked = [r for r in rows if r.status != ResultStatus.SKIPPED]
+        return "No buyer bought the lead: " + "; ".join(
+            f"{r.offer}: {r.get_status_display().lower()}" + (f" ({r.reason})" if r.reason else "")
+            for r in asked[:5]
+        )
+
+
+def _lead_process_later(lead_id: int) -> None:
+    from structures.tasks import lead_process_task
+
+    lead_process_task.delay(lead_id)
+
+
+def _continue_later(distribution_id: int) -> None:
+    from pingtree.tasks import distribution_run_task
+
+    transaction.on_commit(lambda: distribution_run_task.delay(distribution_id), robust=True)
+
+
+# --- history of an offer with a person ----------------------------------------------------
+
+
+def offer_history(*, offer: Offer, lead: Lead, exclude_distribution: int | None = None) -> Any:
+    """This offer's past with the lead's identity (same email or phone), for the history
+    filters: when it was sent (posted), rejected (with the reason) and accepted."""
+    from pingtree.filters import History, history_lookback
+
+    lookback = history_lookback(offer.filters or {}) or timedelta(days=30)
+    identity = Q()
+    for name in ("g_email", "g_phone"):
+        value = (lead.data or {}).get(name)
+        if value:
+            identity |= Q(**{f"distribution__lead__data__{name}": value})
+    sent: list[datetime] = []
+    rejected: list[tuple[datetime, str]] = []
+    accepted: list[datetime] = []
+    if identity:
+        rows = (
+            OfferResult.objects.filter(
+                offer=offer, created_at__gte=timezone.now() - lookback, stage=ResultStage.POSTED
+            )
+            .filter(identity)
+            .exclude(distribution_id=exclude_distribution)
+            .values_list("created_at", "status", "reason")
+        )
+        for created_at, status, reason in rows:
+            sent.append(created_at)
+            if status == ResultStatus.ACCEPTED:
+                accepted.append(created_at)
+            elif status == ResultStatus.REJECTED:
+                rejected.append((created_at, reason))
+    return History(sent_at=sent, rejected=rejected, accepted_at=accepted)
+
+
+# --- continuing and sweeping --------------------------------------------------------------
+
+
+def distribution_on_run_finished(*, run_id: int) -> None:
+    """A buyer's run finished (callback received or timed out): continue the
+    distribution that waits on it."""
+    dist_id = (
+        OfferResult.objects.filter(
+            post_run_id=run_id,
+            status=ResultStatus.PENDING,
+            distribution__status=DistributionStatus.WAITING,
+        )
+        .values_list("distribution_id", flat=True)
+        .first()
+    )
+    if dist_id is not None:
+        from pingtree.tasks import distribution_run_task
+
+        distribution_run_task.delay(dist_id)
+
+
+def distributions_sweep(*, limit: int = 200) -> int:
+    """Re-drive distributions whose task was lost (pending), whose driver died (running,
+    lease over) or whose callback signal was missed (waiting); start the distributions of
+    accepted leads that never got one. Each claimed by a conditional UPDATE of its next
+    check. Returns how many were queued."""
+    from pingtree.tasks import distribution_run_task
+
+    now = timezone.now()
+    queued = 0
+    due = list(
+        Distribution.objects.filter(
+            status__in=(
+                DistributionStatus.PENDING,
+                DistributionStatus.RUNNING,
+                DistributionStatus.WAITING,
+            ),
+            next_check_at__lte=now,
+        )
+        .order_by("next_check_at")
+        .values_list("id", "status", "next_check_at")[:limit]
+    )
+    for dist_id, status, next_check_at in due:
+        if status == DistributionStatus.WAITING:
+            waiting_on = OfferResult.objects.filter(
+                distribution_id=dist_id, status=ResultStatus.PENDING, post_run__isnull=False
+            ).values_list("post_run__status", flat=True)
+            if all(s not in ScenarioRun.FINISHED for s in waiting_on) and waiting_on:
+                Distribution.objects.filter(pk=dist_id, next_check_at=next_check_at).update(
+                    next_check_at=now + WAIT_RECHECK
+                )
+                continue
+        claimed = Distribution.objects.filter(pk=dist_id, next_check_at=next_check_at).update(
+            next_check_at=now + PENDING_GRACE
+        )
+        if claimed:
+            log.warning("pingtree.redriven", distribution_id=dist_id, status=status)
+            distribution_run_task.delay(dist_id)
+            queued += 1
+    # Accepted leads of the last day without a distribution (lost between the intake's
+    # commit and the signal). Pending leads get theirs from the refusal policy's gate.
+    recent = now - timedelta(days=1)
+    missing = list(
+        Lead.objects.filter(
+            created_at__gte=recent,
+            created_at__lte=now - PENDING_GRACE,
+            status=LeadStatus.APPROVED,
+            distribution__isnull=True,
+        ).values_list("id", flat=True)[:limit]
+    )
+    for lead_id in missing:
+        distribution_start(lead_id=lead_id)
+        queued += 1
+    return queued
+
+
+# --- the partner's decision ---------------------------------------------------------------
+
+
+def distribution_decision(dist: Distribution | None) -> dict[str, Any]:
+    """What the partner is told: sold + price (its payout) + redirect URL, unsold +
+    reason, or pending."""
+    if dist is None:
+        return {"status": "pending", "price": None, "redirect_url": "", "reason": ""}
+    if dist.status == DistributionStatus.SOLD:
+        return {
+            "status": "sold",
+            "price": str(dist.payout.quantize(Decimal("0.01"))),
+            "redirect_url": dist.redirect_url,
+            "reason": "",
+        }
+    if dist.status == DistributionStatus.UNSOLD:
+        return {"status": "unsold", "price": None, "redirect_url": "", "reason": dist.reason}
+    return {"status": "pending", "price": None, "redirect_url": "", "reason": ""}
+
+
+def distribution_await(lead: Lead, budget_seconds: float) -> dict[str, Any]:
+    """A partner waits synchronously: drive the lead's distribution in this process
+    within the budget (or wait for the worker that has it), then answer."""
+    until = time.monotonic() + max(budget_seconds, 0.0)
+    dist = Distribution.objects.filter(lead_id=lead.pk).first()
+    while True:
+        if dist is None:
+            lead.refresh_from_db(fields=["status"])
+            if lead.status in (LeadStatus.APPROVED,):
+                dist = distribution_ensure(lead=lead)
+        if dist is not None and dist.status not in DISTRIBUTION_FINISHED:
+            if dist.status == DistributionStatus.PENDING:
+                dist = distribution_run(
+                    distribution_id=dist.pk, budget_seconds=max(until - time.monotonic(), 0.0)
+                )
+        if dist is not None and dist.status in DISTRIBUTION_FINISHED:
+            break
+        if time.monotonic() >= until:
+            break
+        time.sleep(0.02)
+        dist = Distribution.objects.filter(lead_id=lead.pk).first()
+    return distribution_decision(dist)
+
+
+@contextlib.contextmanager
+def pool_connections_closed() -> Iterator[None]:
+    """For tests: stop the pool's threads (and their connections) afterwards."""
+    try:
+        yield
+    finally:
+        pool_shutdown()
+
+
+def refusal_policy_process_refused(workspace_id: int) -> bool:
+    return bool(
+        RefusalPolicy.objects.filter(workspace_id=workspace_id)
+        .values_list("process_refused", flat=True)
+        .first()
+    )
+
+
+__all__ = [
+    "Cap",
+    "distribution_await",
+    "distribution_ensure",
+    "distribution_run",
+    "distribution_start",
+    "distributions_sweep",
+    "offer_pause",
+    "offer_resume",
+]

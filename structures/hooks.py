@@ -6,11 +6,17 @@ must react to a higher one exposes a registry or a signal).
   (external validation integrations) come from integrations.
 - ``OUTCOME_PROVIDERS``: add to the outcome shown by ``GET /api/v1/leads/<id>/``.
 - ``lead_accepted``: sent after commit for every approved or pending lead (distribution).
+- ``lead_decided``: sent after commit when a pending lead is approved or rejected.
+- ``DECISION_WAITERS``: a partner asking for a synchronous decision: the first waiter
+  drives or awaits the lead's distribution within the time budget and returns the
+  decision (pingtree). ``inline_decision`` is set while the intake API takes such a lead
+  in, so the distribution is driven by that request instead of being queued.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +41,13 @@ OUTCOME_PROVIDERS: list[Callable[[Lead], dict[str, Any]]] = []
 
 # Sent with ``lead_id`` after the transaction that accepted the lead committed.
 lead_accepted = Signal()
+# Sent with ``lead_id`` and ``status`` after a pending lead was approved or rejected.
+lead_decided = Signal()
+
+# (lead, budget in seconds) -> the decision shown to the partner: {"status": "sold" |
+# "unsold" | "pending", "price", "redirect_url", "reason"}.
+DECISION_WAITERS: list[Callable[[Lead, float], dict[str, Any]]] = []
+inline_decision: ContextVar[bool] = ContextVar("inline_decision", default=False)
 
 
 def register_gate(stage: str, gate: Gate) -> Gate:

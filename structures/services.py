@@ -555,6 +555,10 @@ def lead_decide(*, lead: Lead, approve: bool, reason: str, actor: str) -> bool:
             actor=actor,
         )
     lead.status, lead.reason, lead.decided_at = status, reason, now
+    lead_id = lead.pk
+    transaction.on_commit(
+        lambda: hooks.lead_decided.send(sender=Lead, lead_id=lead_id, status=status), robust=True
+    )
     log.info("lead.decided", lead_id=lead.pcid, status=status, reason=reason)
     return True
 

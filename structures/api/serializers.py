@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from structures.choices import LeadStatus
+from structures.choices import DecisionMode, LeadStatus
 
 
 class LeadInSerializer(serializers.Serializer):
@@ -26,9 +26,38 @@ class LeadInSerializer(serializers.Serializer):
     test = serializers.BooleanField(
         required=False, help_text="A test lead: runs everything, never counts or pays."
     )
+    decision = serializers.ChoiceField(
+        choices=DecisionMode.choices,
+        required=False,
+        help_text="sync: wait for the ping tree's answer (sold, unsold, or pending when "
+        "the time budget runs out); async: answer at once. Default: your account's setting.",
+    )
+    wait = serializers.FloatField(
+        required=False,
+        min_value=0,
+        max_value=120,
+        help_text="Synchronous only: wait at most this many seconds (never more than your "
+        "account's time budget).",
+    )
 
     class Meta:
         ref_name = "LeadIn"
+
+
+class DecisionSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=[("sold", "sold"), ("unsold", "unsold"), ("pending", "pending")]
+    )
+    price = serializers.CharField(
+        allow_null=True, help_text="Sold only: what you are paid for the lead."
+    )
+    redirect_url = serializers.CharField(
+        allow_blank=True, help_text="Sold only: send the consumer there, if not empty."
+    )
+    reason = serializers.CharField(allow_blank=True, help_text="Unsold only: why.")
+
+    class Meta:
+        ref_name = "Decision"
 
 
 class LeadOutSerializer(serializers.Serializer):
@@ -38,6 +67,9 @@ class LeadOutSerializer(serializers.Serializer):
     external_id = serializers.CharField(allow_blank=True)
     test = serializers.BooleanField()
     status_url = serializers.URLField()
+    decision = DecisionSerializer(
+        required=False, help_text="Synchronous decisions only: the ping tree's answer."
+    )
 
 
 class LeadDetailSerializer(LeadOutSerializer):

@@ -22,8 +22,9 @@ from structures.api.serializers import (
     LeadOutSerializer,
 )
 from structures.api.throttling import APIKeyRateThrottle
-from structures.choices import LeadSource
+from structures.choices import DecisionMode, LeadSource, LeadStatus
 from structures.exceptions import LeadInvalid
+from structures.models import Partner
 from structures.selectors import leads_for_partner
 
 
@@ -46,6 +47,31 @@ def _payload(request: Request) -> dict[str, Any]:
     return data
 
 
+def _decision_options(payload: dict[str, Any], *, partner: Partner) -> tuple[str, float]:
+    """The decision mode and time budget: the partner's, or the request's ``decision``
+    and ``wait`` (which may only shorten the partner's budget)."""
+    errors: dict[str, list[str]] = {}
+    mode = partner.decision_mode
+    budget = partner.decision_budget_seconds
+    if "decision" in payload:
+        if payload["decision"] not in DecisionMode.values:
+            errors["decision"] = ["Choose sync or async."]
+        else:
+            mode = payload["decision"]
+    if "wait" in payload:
+        try:
+            wait = float(payload["wait"])
+        except (TypeError, ValueError):
+            wait = -1.0
+        if not 0 <= wait <= 120 or wait != wait:
+            errors["wait"] = ["Seconds from 0 to 120."]
+        else:
+            budget = min(budget, wait)
+    if errors:
+        raise LeadInvalid("Bad decision options.", errors=errors)
+    return mode, budget
+
+
 def _client_ip(request: Request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
@@ -58,7 +84,13 @@ class LeadCreateView(PartnerAPIView):
             "Body: the structure's fields plus the optional keys below. Unknown keys are "
             "refused. Answers 201 with the lead's id (pcid) and its status: `approved`, "
             "`pending` (the refusal policy decides; poll `status_url`) or `duplicate`. "
-            "Send `Idempotency-Key` to retry safely."
+            "Send `Idempotency-Key` to retry safely.\n\n"
+            "Decision: a partner set to synchronous (or a request with `decision: sync`) "
+            "gets the ping tree's answer in `decision` within its time budget (`wait` "
+            "seconds may shorten it): `sold` with `price` (your payout) and "
+            "`redirect_url`, `unsold` with `reason`, or `pending` when the budget ran out "
+            "(read `status_url` later). Asynchronous: the answer comes at once and the "
+            "outcome is shown by `GET status_url`."
         ),
         request=LeadInSerializer,
         parameters=[
@@ -90,15 +122,35 @@ class LeadCreateView(PartnerAPIView):
                 errors={"Idempotency-Key": ["1 to 255 printable characters."]},
             )
         payload = _payload(request)
-        result = services.lead_intake(
-            api_key=request.auth,
-            payload=payload,
-            source=LeadSource.API,
-            ip=_client_ip(request),
-            idempotency_key=idempotency_key,
+        mode, budget = _decision_options(payload, partner=request.auth.partner)
+        payload = {k: v for k, v in payload.items() if k not in ("decision", "wait")}
+        # A synchronous decision is driven by this request, not queued (hooks.py).
+        token = hooks.inline_decision.set(
+            mode == DecisionMode.SYNC and bool(hooks.DECISION_WAITERS)
         )
+        try:
+            result = services.lead_intake(
+                api_key=request.auth,
+                payload=payload,
+                source=LeadSource.API,
+                ip=_client_ip(request),
+                idempotency_key=idempotency_key,
+            )
+            body = result.body
+            lead = result.lead
+            if (
+                hooks.inline_decision.get()
+                and lead is not None
+                and not result.replayed
+                and lead.status in (LeadStatus.APPROVED, LeadStatus.PENDING)
+            ):
+                decision = hooks.DECISION_WAITERS[0](lead, budget)
+                lead.refresh_from_db(fields=["status", "reason", "decided_at"])
+                body = {**services.lead_body(lead), "decision": decision}
+        finally:
+            hooks.inline_decision.reset(token)
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-        return Response(result.body, status=result.status_code, headers=headers)
+        return Response(body, status=result.status_code, headers=headers)
 
 
 class LeadDetailView(PartnerAPIView):

@@ -1,0 +1,88 @@
+"""The ping tree's answers to the hooks of the apps below it: decision gates, the
+partner's outcome and synchronous decision, and the signals that start or continue a
+distribution. Connected in PingtreeConfig.ready()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from structures import hooks
+from structures.hooks import GateResult
+from structures.models import Lead
+
+
+def filters_gate(lead: Lead) -> GateResult:
+    """Passes when at least one active offer of the lead's tree accepts it by its filters
+    (external checks are left to the distribution). A lead no active tree serves is not
+    held back: the workspace does not sell it through a ping tree."""
+    from pingtree import selectors
+
+    return selectors.lead_filters_pass(lead=lead)
+
+
+def pingtree_gate(lead: Lead) -> GateResult:
+    """Passes when the lead is sold; fails when its distribution ended unsold; otherwise
+    starts it (or lets it run) and asks to look again."""
+    from pingtree import services
+    from pingtree.choices import DistributionStatus
+    from pingtree.models import Distribution
+
+    dist = Distribution.objects.filter(lead_id=lead.pk).first()
+    if dist is None:
+        dist = services.distribution_start(lead_id=lead.pk, inline=hooks.inline_decision.get())
+    if dist is None:
+        return GateResult(passed=False, reason="The lead is gone.")
+    if dist.status == DistributionStatus.SOLD or dist.tree_id is None:
+        return GateResult(passed=True)
+    if dist.status == DistributionStatus.UNSOLD:
+        return GateResult(passed=False, reason=dist.reason or "Not sold.")
+    return GateResult(passed=None)
+
+
+def outcome(lead: Lead) -> dict[str, Any]:
+    from pingtree import services
+    from pingtree.models import Distribution
+
+    dist = Distribution.objects.filter(lead_id=lead.pk).first()
+    return {"distribution": services.distribution_decision(dist)}
+
+
+def on_lead_accepted(sender: Any, lead_id: int, **kwargs: Any) -> None:
+    """An approved lead is distributed on the realtime queue; a pending one when the
+    refusal policy's gates get to the ping tree (or once it is decided). A partner waiting
+    synchronously drives it in its own request instead (hooks.inline_decision)."""
+    if hooks.inline_decision.get():
+        return
+    from pingtree.tasks import distribution_start_task
+
+    distribution_start_task.delay(lead_id)
+
+
+def on_lead_decided(sender: Any, lead_id: int, status: str, **kwargs: Any) -> None:
+    if hooks.inline_decision.get():
+        return
+    from pingtree.tasks import distribution_start_task
+
+    distribution_start_task.delay(lead_id)
+
+
+def on_run_finished(sender: Any, run_id: int, **kwargs: Any) -> None:
+    from pingtree import services
+
+    services.distribution_on_run_finished(run_id=run_id)
+
+
+def connect() -> None:
+    from integrations.engine.signals import run_finished
+
+    if filters_gate not in hooks.DECISION_GATES["filters"]:
+        hooks.register_gate("filters", filters_gate)
+        hooks.register_gate("pingtree", pingtree_gate)
+        hooks.OUTCOME_PROVIDERS.append(outcome)
+    from pingtree import services
+
+    if services.distribution_await not in hooks.DECISION_WAITERS:
+        hooks.DECISION_WAITERS.append(services.distribution_await)
+    hooks.lead_accepted.connect(on_lead_accepted, dispatch_uid="pingtree.lead_accepted")
+    hooks.lead_decided.connect(on_lead_decided, dispatch_uid="pingtree.lead_decided")
+    run_finished.connect(on_run_finished, dispatch_uid="pingtree.run_finished")

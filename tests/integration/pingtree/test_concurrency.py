@@ -1,0 +1,220 @@
+"""Concurrency and recovery on the real database: caps never exceeded, a lead never
+sold twice, a driver lost mid-tree re-driven by the sweeper to exactly one outcome, and
+a buyer answering by callback (a blocking webhook step) continuing the distribution."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from integrations.engine import services as engine
+from integrations.engine.registry import ELEMENT_HANDLERS, Effect
+from integrations.models import Connection, Element, RunStep, ScenarioRun
+from pingtree import services
+from pingtree.models import CapCounter, Distribution, OfferResult
+from structures.models import LeadEvent
+from tests.integration.pingtree.conftest import distribute
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def in_threads(n, target):
+    """Run target(i) in n threads released together; each closes its connection."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def run(i):
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_cap_is_never_exceeded_under_concurrency(tree, buyers):
+    capped = tree.offer("Capped", post=buyers.json("/capped", delay=0.05))
+    tree.cap(capped, 10)
+    tree.cap(capped, 10, metric="sent", period="hour")
+    tree.tier("waterfall", capped)
+    leads = [tree.lead(i) for i in range(50)]
+    in_threads(50, lambda i: distribute(leads[i]))
+    dists = Distribution.objects.filter(lead__in=leads)
+    assert dists.count() == 50
+    assert dists.filter(status="sold").count() == 10
+    assert dists.filter(status="unsold").count() == 40
+    assert buyers.total("/capped") == 10  # nobody was even posted past the cap
+    assert sorted(c.used for c in CapCounter.objects.all()) == [Decimal("10"), Decimal("10")]
+    assert OfferResult.objects.filter(is_sold=True).count() == 10
+
+
+def test_a_lead_driven_by_ten_workers_at_once_is_sold_once(tree, buyers):
+    a = tree.offer("A", post=buyers.json("/a", delay=0.1))
+    b = tree.offer("B", post=buyers.json("/b"))
+    tree.tier("waterfall", a, b)
+    lead = tree.lead()
+    dist = services.distribution_ensure(lead=lead)
+    in_threads(10, lambda i: services.distribution_run(distribution_id=dist.pk))
+    dist.refresh_from_db()
+    assert dist.status == "sold" and dist.sold_count == 1 and dist.attempt == 1
+    assert buyers.total("/a") == 1 and buyers.total("/b") == 0
+    assert LeadEvent.objects.filter(lead=lead, kind="sold").count() == 1
+
+
+def test_a_driver_lost_mid_post_is_redriven_by_the_sweeper_to_one_outcome(tree, buyers):
+    lost = tree.offer("Lost", post=buyers.json("/lost"))
+    backup = tree.offer("Backup", post=buyers.json("/backup"))
+    tree.cap(lost, 5)
+    tier = tree.tier("waterfall", lost, backup)
+    lead = tree.lead()
+    dist = services.distribution_ensure(lead=lead)
+    # A driver claims the lead, reserves the cap, starts the post... and dies.
+    claimed = services._claim(dist.pk)
+    driver = services._Driver(dist=claimed, lead=lead, budget_seconds=None)
+    row = driver._open(lost, tier)
+    cand = services._Candidate(offer=lost, priority=0, weight=100)
+    assert driver._reserve(cand, row) == ""
+    run = engine.run_start(integration=lost.integration, lead=lead, meaning="post")
+    OfferResult.objects.filter(pk=row.pk).update(stage="posted", post_run=run)
+    assert CapCounter.objects.get().used == 1
+    # Nothing happens before the lease runs out ...
+    assert services.distributions_sweep() == 0
+    Distribution.objects.filter(pk=dist.pk).update(
+        lease_until=timezone.now() - timedelta(seconds=1),
+        next_check_at=timezone.now() - timedelta(seconds=1),
+        deadline_at=timezone.now() + timedelta(seconds=10),
+    )
+    # ... then the sweeper re-drives it (the task runs eagerly here).
+    assert services.distributions_sweep() == 1
+    dist.refresh_from_db()
+    assert dist.status == "sold" and dist.attempt == 2 and dist.sold_count == 1
+    rows = {r.offer.name: r for r in OfferResult.objects.filter(distribution=dist)}
+    assert rows["Lost"].status == "error" and "lost mid-post" in rows["Lost"].reason
+    assert ScenarioRun.objects.get(pk=run.pk).status == "cancelled"
+    assert rows["Backup"].is_sold
+    assert buyers.total("/lost") == 0 and buyers.total("/backup") == 1
+    assert CapCounter.objects.get().used == 0  # the lost attempt gave its reservation back
+    assert LeadEvent.objects.filter(lead=lead, kind__in=["sold", "unsold"]).count() == 1
+    # A second sweep finds nothing left to do.
+    assert services.distributions_sweep() == 0
+
+
+def test_a_lost_driver_past_the_deadline_ends_unsold_once(tree, buyers):
+    offer = tree.offer("Only", post=buyers.json("/only"))
+    tree.tier("waterfall", offer)
+    lead = tree.lead()
+    dist = services.distribution_ensure(lead=lead)
+    services._claim(dist.pk)
+    past = timezone.now() - timedelta(seconds=5)
+    Distribution.objects.filter(pk=dist.pk).update(
+        lease_until=past, next_check_at=past, deadline_at=past
+    )
+    services.distributions_sweep()
+    dist.refresh_from_db()
+    assert dist.status == "unsold" and "deadline" in dist.reason
+    assert OfferResult.objects.get(distribution=dist).status == "skipped"
+    assert buyers.total("/only") == 0
+
+
+def test_approved_leads_without_a_distribution_are_started_by_the_sweeper(tree, buyers):
+    tree.tier("waterfall", tree.offer("B", post=buyers.json("/b")))
+    lead = tree.lead()
+    from structures.models import Lead
+
+    Lead.objects.filter(pk=lead.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert services.distributions_sweep() == 1
+    assert Distribution.objects.get(lead=lead).status == "sold"
+
+
+@pytest.fixture
+def callback_step():
+    """A stand-in for the webhooks app's step: parks the run (blocking) until resumed,
+    then answers with what the callback carried."""
+    old = ELEMENT_HANDLERS.get("webhook")
+
+    def handler(call):
+        if call.resumed is not None:
+            captured = {"price": call.resumed.get("price", "")}
+            return Effect(
+                outcome={"kind": call.resumed["kind"], "reason": "callback", "captured": captured}
+            )
+        if call.parked:
+            return Effect(
+                outcome={"kind": "timeout", "reason": "no callback", "captured": {}},
+                timed_out=True,
+            )
+        return Effect(
+            outcome={"kind": "pending", "reason": "waiting", "captured": {}},
+            park_until=timezone.now() + timedelta(minutes=5),
+            park_blocking=True,
+        )
+
+    ELEMENT_HANDLERS["webhook"] = handler
+    yield
+    if old is None:
+        ELEMENT_HANDLERS.pop("webhook", None)
+    else:
+        ELEMENT_HANDLERS["webhook"] = old
+
+
+def add_callback(offer):
+    integration = offer.integration
+    post_request = Element.objects.get(integration=integration, kind="request")
+    wait = Element.objects.create(
+        workspace=integration.workspace, integration=integration, kind="webhook", name="wait"
+    )
+    Connection.objects.create(
+        workspace=integration.workspace, integration=integration, from_element=post_request,
+        to_element=wait,
+    )  # fmt: skip
+    return wait
+
+
+def test_a_buyer_answering_by_callback_holds_the_lead_then_the_tree_goes_on(
+    tree, buyers, callback_step
+):
+    calls_back = tree.offer("Calls back", post=buyers.json("/cb", "pending"))
+    wait = add_callback(calls_back)
+    backup = tree.offer("Backup", post=buyers.json("/backup"))
+    tree.tier("waterfall", calls_back, backup)
+    lead = tree.lead()
+    dist = distribute(lead)
+    assert dist.status == "waiting"
+    row = OfferResult.objects.get(distribution=dist, offer=calls_back)
+    assert (row.status, row.post_status) == ("pending", "pending")
+    assert buyers.total("/backup") == 0
+    # the buyer calls back: rejected -> the run finishes -> the tree continues
+    step = RunStep.objects.get(run=row.post_run, element=wait)
+    assert engine.step_resume(step_id=step.pk, data={"kind": "rejected"})
+    dist.refresh_from_db()
+    assert dist.status == "sold"
+    rows = {r.offer.name: r for r in OfferResult.objects.filter(distribution=dist)}
+    assert rows["Calls back"].status == "rejected" and rows["Backup"].is_sold
+
+
+def test_a_callback_accepting_the_lead_sells_it(tree, buyers, callback_step):
+    calls_back = tree.offer("Calls back", post=buyers.json("/cb", "pending"),
+                            price_model="bid")  # fmt: skip
+    wait = add_callback(calls_back)
+    tree.tier("waterfall", calls_back, tree.offer("Backup", post=buyers.json("/backup")))
+    dist = distribute(tree.lead())
+    row = OfferResult.objects.get(distribution=dist, offer=calls_back)
+    step = RunStep.objects.get(run=row.post_run, element=wait)
+    engine.step_resume(step_id=step.pk, data={"kind": "accepted", "price": "21"})
+    dist.refresh_from_db()
+    assert dist.status == "sold" and dist.revenue == Decimal("21")
+    assert buyers.total("/backup") == 0
