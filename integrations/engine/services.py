@@ -42,7 +42,14 @@ from integrations.engine.overrides import (
 from integrations.engine.registry import ELEMENT_HANDLERS, Effect, StepCall
 from integrations.engine.signals import run_finished
 from integrations.engine.waits import WaitConfigError, wait_until
-from integrations.models import Connection, Element, Integration, RunStep, ScenarioRun
+from integrations.models import (
+    Connection,
+    Element,
+    Integration,
+    RequestStep,
+    RunStep,
+    ScenarioRun,
+)
 from structures.models import Lead
 
 log = structlog.get_logger(__name__)
@@ -52,8 +59,6 @@ log = structlog.get_logger(__name__)
 # is moved to it before sending), so a slow buyer is never sent the same lead twice
 # while the first call is still in flight.
 LEASE_SECONDS = 60
-# Requests that end this long before the lease runs out need no lease move.
-LEASE_MARGIN_SECONDS = 10
 # A step created already claimed by the driver that will run it (input flag): its
 # claimed_at already covers its request's timeout.
 LEASE_SET_KEY = "lease_set"
@@ -349,12 +354,6 @@ def _context(step: RunStep, run: ScenarioRun) -> dict[str, Any]:
     return lead_context(run.lead, variables=run.variables)
 
 
-def _lease_needs_moving(timeout_seconds: float) -> bool:
-    """A claim's lease (claimed_at + LEASE_SECONDS) covers a request that ends well
-    before it; only a longer request moves claimed_at to its own end first."""
-    return timeout_seconds > LEASE_SECONDS - LEASE_MARGIN_SECONDS
-
-
 def _request_effect(
     step: RunStep,
     run: ScenarioRun,
@@ -367,7 +366,7 @@ def _request_effect(
     ``holder["log"]`` for the caller to write with its record (one commit)."""
     element = _acting(step.element)
     timeout = element.request_step.timeout_seconds
-    if _lease_needs_moving(timeout) and not step.input.get(LEASE_SET_KEY):
+    if not step.input.get(LEASE_SET_KEY):
         in_flight_until = timezone.now() + timedelta(seconds=timeout)
         RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, attempt=step.attempt).update(
             claimed_at=in_flight_until
@@ -592,7 +591,11 @@ def _park(step: RunStep, run: ScenarioRun, effect: Effect, now: datetime) -> lis
         due_at=effect.park_until,
         claimed_at=None,
         enqueued_at=None,
-        input={**step.input, "parked": True, "blocking": effect.park_blocking},
+        input={
+            **{k: v for k, v in step.input.items() if k != LEASE_SET_KEY},
+            "parked": True,
+            "blocking": effect.park_blocking,
+        },
         output={"parked": effect.park_note or "waiting", "outcome": effect.outcome},
     )
     if not parked:
@@ -797,17 +800,31 @@ def _claim_due(run_id: int) -> list[_Claim]:
     sql = _sql_cache.get("claim")
     if sql is None:
         step_t, _run_t = _tables()
+        q = connection.ops.quote_name
+        element_t = q(Element._meta.db_table)
+        request_t = q(RequestStep._meta.db_table)
+        # A request's lease starts where its deadline ends (claimed_at moved forward by
+        # its timeout), as _request_effect does on the task path, in the same statement.
         sql = _sql_cache["claim"] = (
-            f"UPDATE {step_t} SET status = 'running', claimed_at = %s, started_at = %s "  # noqa: S608
-            "WHERE run_id = %s AND status = 'pending' AND due_at <= %s "
-            "RETURNING id, element_id, attempt, input"
+            f"UPDATE {step_t} AS s SET status = 'running', started_at = %s, "  # noqa: S608
+            "claimed_at = %s + make_interval(secs => COALESCE(("
+            f"SELECT COALESCE(r.timeout_seconds, mr.timeout_seconds) FROM {element_t} e "
+            f"LEFT JOIN {request_t} r ON r.id = e.request_step_id "
+            f"LEFT JOIN {element_t} m ON m.id = e.mirror_of_id "
+            f"LEFT JOIN {request_t} mr ON mr.id = m.request_step_id "
+            "WHERE e.id = s.element_id), 0)) "
+            "WHERE s.run_id = %s AND s.status = 'pending' AND s.due_at <= %s "
+            "RETURNING s.id, s.element_id, s.attempt, s.input"
         )
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(sql, [now, now, run_id, now])
         rows = cursor.fetchall()
     return sorted(
-        (_Claim(row[0], row[1], row[2], _json_value(row[3])) for row in rows),
+        (
+            _Claim(row[0], row[1], row[2], {**_json_value(row[3]), LEASE_SET_KEY: True})
+            for row in rows
+        ),
         key=lambda claim: claim.id,
     )
 
@@ -997,9 +1014,12 @@ def _record_fast(
     for element in next_elements:
         acting = graph.acting(element)
         claimed_at = now
-        if acting.kind == Kind.REQUEST and _lease_needs_moving(acting.request_step.timeout_seconds):
+        if acting.kind == Kind.REQUEST:
+            # The lease starts where the request's deadline ends, as for a claim.
             claimed_at = now + timedelta(seconds=acting.request_step.timeout_seconds)
-        params += [element.pk, json.dumps({**kid_input, LEASE_SET_KEY: True}), claimed_at]
+        # The flag stays in memory: a step handed out again after this driver died is
+        # claimed afresh and must move its lease itself.
+        params += [element.pk, json.dumps(kid_input), claimed_at]
     with connection.cursor() as cursor:
         cursor.execute(_record_fast_sql(len(next_elements), entry is not None), params)
         done, log_id, kid_ids, kid_elements = cursor.fetchone()
