@@ -396,7 +396,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3, help="seconds per endpoint")
     parser.add_argument("--duration", type=float, default=8, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=3, help="bare/ours pairs; medians taken")
-    parser.add_argument("--leads", type=int, default=30000, help="parked runs prepared")
+    parser.add_argument("--leads", type=int, default=20000, help="parked runs prepared")
     parser.add_argument("--real", type=int, default=50, help="of which parked by the engine")
     parser.add_argument("--loader", choices=["wrk", "python"], default="wrk")
     args = parser.parse_args()
