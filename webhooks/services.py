@@ -545,6 +545,12 @@ def waiting_park(*, call: StepCall, config: WebhookStepConfig) -> Effect:
     """First visit: write the waiting row and park the step (or, when the buyer already
     called back for this lead a moment ago, take that callback at once)."""
     run = call.run
+    if run.is_dry_run:
+        # A dry run shows the path; it must not leave a lead waiting for a real buyer.
+        return Effect(
+            outcome={"kind": "pending", "reason": "dry run: would wait for the callback",
+                     "captured": {}},
+        )  # fmt: skip
     endpoint = (
         WebhookEndpoint.objects.filter(
             workspace_id=run.workspace_id, webhook_id=config.endpoint, deleted_at__isnull=True

@@ -424,3 +424,11 @@ def test_a_webhook_trigger_starts_a_scenario_with_the_payload(
     assert run.lead_id == lead.pk and run.variables["consent"] == "withdrawn"
     assert run.variables["seen"] == "withdrawn"
     assert run.status == ScenarioRun.Status.SUCCEEDED
+
+
+def test_a_dry_run_does_not_leave_a_lead_waiting(hook, lead):
+    run = engine.run_start(integration=hook.integration, lead=lead, dry_run=True)
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=5, hand_off=False)
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+    assert run.result["kind"] == "pending" and "dry run" in run.result["reason"]
+    assert not WaitingWebhook.objects.exists()
