@@ -5,8 +5,10 @@ leads, and any malformed input (always a 4xx, never a 500)."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
+import time_machine
 
 from integrations.models import ScenarioRun
 from structures.models import Advertiser
@@ -126,7 +128,18 @@ def test_a_body_over_the_cap_is_413(hook, lead):
     assert WaitingWebhook.objects.get().status == WaitingWebhook.Status.WAITING
 
 
-def test_unknown_urls_are_rate_limited_per_source_address(hook, lead):
+def test_unknown_urls_are_rate_limited_per_source_address(hook, lead, settings):
+    # A cache of this process only (a parallel test session clearing the shared Redis
+    # must not reset the counter), and the calls well inside one counting minute.
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                    "LOCATION": "webhooks-rate-limit"}
+    }  # fmt: skip
+    with time_machine.travel(datetime(2026, 11, 25, 12, 0, 1, tzinfo=UTC), tick=True):
+        _rate_limit_scenario(hook, lead)
+
+
+def _rate_limit_scenario(hook, lead):
     hook.start(lead)
     for _ in range(services.UNKNOWN_LIMIT_PER_MINUTE):
         assert hook.call(path="/webhooks/wh_guess/guess/", ip="203.0.113.9").status_code == 404
