@@ -36,14 +36,23 @@ def _amount(value: Decimal | None) -> str:
     return money(value) if value is not None else "—"
 
 
-def why(row: OfferResult, winners: list[OfferResult]) -> str:
-    """One sentence: why this offer won, or why it did not get the lead."""
+def why(
+    row: OfferResult, winners: list[OfferResult], others: list[OfferResult] | None = None
+) -> str:
+    """One sentence: why this offer won, or why it did not get the lead (``others``: the
+    distribution's other results, to tell a top bid from a fallback)."""
+    others = others or []
     if row.is_sold:
         price = f" at {_amount(row.price)}" if row.price is not None else ""
         if row.bid is not None and row.tier is not None and row.tier.mode == TierMode.AUCTION:
+            if any(o.bid is not None and o.bid > row.bid for o in others):
+                return f"Won: the higher bidders did not buy; sold{price}."
             return f"Won: highest valid bid, sold{price}."
         return f"Won: the buyer accepted the lead{price}."
     reason = (row.reason or "").strip()
+    for prefix in ("ping:", "post:"):
+        if reason.lower().startswith(prefix):
+            reason = reason[len(prefix) :].strip()
     if row.status == ResultStatus.SKIPPED:
         return f"Not asked: {reason}" if reason else "Not asked."
     if row.ping_status and row.ping_status != ResultStatus.ACCEPTED:
@@ -92,7 +101,7 @@ def distribution_rows(distribution: Distribution) -> list[dict[str, Any]]:
                 "ping": ANSWER_WORDS.get(r.ping_status, r.ping_status) if r.ping_status else "",
                 "post": ANSWER_WORDS.get(r.post_status, r.post_status) if r.post_status else "",
                 "colour": "success" if r.is_sold else RESULT_COLOURS.get(r.status, "info"),
-                "why": why(r, winners),
+                "why": why(r, winners, [o for o in results if o is not r]),
             }
         )
     return rows
