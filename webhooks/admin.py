@@ -143,6 +143,11 @@ class WebhookEndpointAdmin(ScopedAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).filter(deleted_at__isnull=True)
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # An endpoint stays in its workspace: its waiting leads and log are there.
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "workspace"] if obj is not None else fields
+
     @display(description="URL to give the buyer")
     def url(self, obj: WebhookEndpoint) -> str:
         if obj.pk is None:

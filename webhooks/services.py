@@ -63,6 +63,8 @@ UNKNOWN_LIMIT_PER_MINUTE = int(getattr(settings, "WEBHOOK_UNKNOWN_LIMIT_PER_MINU
 EARLY_MATCH_SECONDS = max(60.0, 3 * float(getattr(settings, "SWEEPER_INTERVAL_SECONDS", 5.0)))
 MAX_BODY_BYTES = int(getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024) or 256 * 1024)
 MAX_STORED_HEADERS = 60
+# The inbound log is kept this long (no waiting webhook outlives it: see step.py).
+LOG_RETENTION_DAYS = int(getattr(settings, "WEBHOOK_LOG_RETENTION_DAYS", 35))
 MASK = "***"
 
 
@@ -708,8 +710,9 @@ def waiting_expire(*, call: StepCall, config: WebhookStepConfig) -> Effect:
 
 def waiting_sweep(*, limit: int = 500) -> dict[str, int]:
     """Match callbacks that arrived before their waiting row committed, give up on those
-    older than the early window, and close waiting rows whose run ended without them
-    (cancelled, run deadline). Idempotent; safe to run on several workers."""
+    older than the early window, close waiting rows whose run ended without them
+    (cancelled, run deadline), and drop log rows past the retention. Idempotent; safe to
+    run on several workers; each part bounded by ``limit``."""
     now = timezone.now()
     since = now - timedelta(seconds=EARLY_MATCH_SECONDS)
     matched = 0
@@ -740,6 +743,12 @@ def waiting_sweep(*, limit: int = 500) -> dict[str, int]:
     closed = WaitingWebhook.objects.filter(pk__in=list(ended), status=Waiting.WAITING).update(
         status=Waiting.CANCELLED
     )
-    if matched or given_up or closed:
-        log.info("webhooks.sweep", matched=matched, given_up=given_up, closed=closed)
-    return {"matched": matched, "given_up": given_up, "closed": closed}
+    old = list(
+        InboundWebhookRequest.objects.filter(
+            received_at__lt=now - timedelta(days=LOG_RETENTION_DAYS)
+        ).values_list("id", flat=True)[:limit]
+    )
+    pruned = InboundWebhookRequest.objects.filter(pk__in=old).delete()[0] if old else 0
+    if matched or given_up or closed or pruned:
+        log.info("webhooks.sweep", matched=matched, given_up=given_up, closed=closed, pruned=pruned)
+    return {"matched": matched, "given_up": given_up, "closed": closed, "pruned": pruned}

@@ -432,3 +432,15 @@ def test_a_dry_run_does_not_leave_a_lead_waiting(hook, lead):
     assert run.status == ScenarioRun.Status.SUCCEEDED
     assert run.result["kind"] == "pending" and "dry run" in run.result["reason"]
     assert not WaitingWebhook.objects.exists()
+
+
+def test_the_sweep_drops_log_rows_past_the_retention(hook, lead):
+    hook.call(json_body={"pcid": lead.pcid})
+    hook.call(json_body={"pcid": lead.pcid})
+    old = InboundWebhookRequest.objects.order_by("id").first()
+    InboundWebhookRequest.objects.filter(pk=old.pk).update(
+        received_at=timezone.now() - timedelta(days=services.LOG_RETENTION_DAYS, seconds=1)
+    )
+    assert services.waiting_sweep()["pruned"] == 1
+    assert list(InboundWebhookRequest.objects.values_list("pk", flat=True)) != [old.pk]
+    assert InboundWebhookRequest.objects.count() == 1
