@@ -329,8 +329,12 @@ def run_timeline(run: ScenarioRun) -> list[dict[str, Any]]:
         .order_by("id")
     )
     logs: list[RequestLog] = []
+    by_step: dict[int, list[RequestLog]] = {}
+    for entry in RequestLog.objects.filter(run_step__run=run).order_by("id")[:500]:
+        by_step.setdefault(entry.run_step_id, []).append(entry)
     started = [s.started_at for s in steps if s.started_at]
-    if started:
+    if started and not by_step:
+        # Rows written before logs named their step: paired by request, lead and time.
         window = RequestLog.objects.filter(
             integration_id=run.integration_id,
             origin="scenario",
@@ -348,7 +352,7 @@ def run_timeline(run: ScenarioRun) -> list[dict[str, Any]]:
         output = step.output or {}
         outcome = output.get("outcome") or {}
         request_id = _acting_request_id(step.element)
-        step_logs = [
+        step_logs = by_step.get(step.pk) or [
             log for log in logs
             if request_id and log.request_step_id == request_id and step.started_at
             and log.created_at >= step.started_at

@@ -318,6 +318,16 @@ class RequestLog(models.Model):
     reason = models.CharField("reason", max_length=500, blank=True)
     error = models.CharField("error", max_length=300, blank=True)
     captured = models.JSONField("captured", default=dict, blank=True)
+    run_step = models.ForeignKey(
+        "integrations.RunStep",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="logs",
+        verbose_name="scenario step",
+        db_index=False,  # partial index below: most calls are not scenario steps
+        help_text="The scenario run's step that made this call.",
+    )
     created_at = models.DateTimeField("at", auto_now_add=True, db_index=True)
 
     class Meta:
@@ -326,6 +336,11 @@ class RequestLog(models.Model):
         indexes = [
             models.Index(fields=["integration", "-created_at"], name="reqlog_integration_time"),
             models.Index(fields=["lead", "-created_at"], name="reqlog_lead_time"),
+            models.Index(
+                fields=["run_step"],
+                condition=models.Q(run_step__isnull=False),
+                name="reqlog_run_step",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -69,6 +69,7 @@ def request_run(
     spec_overrides: Callable[[RequestSpec], RequestSpec] | None = None,
     state: tuple[str, int] | None = None,
     defer_log: bool = False,
+    run_step_id: int | None = None,
 ) -> RunResult:
     """Build, maybe send, read and log one request.
 
@@ -80,6 +81,7 @@ def request_run(
     ``state`` is the integration's (status, config_version) when the caller has just
     read it. ``defer_log``: the log row is built (``RunResult.log``, no pk yet) and the
     caller writes it, in the same statement as its own record (log_insert_sql).
+    ``run_step_id``: the scenario step making the call, kept on its log row.
     """
     integration = step.integration
     # The status and the configuration version are read now, in one statement: an
@@ -98,7 +100,17 @@ def request_run(
     except BuildError as exc:
         outcome = Outcome.error(f"Request could not be built: {exc}")
         entry = (
-            _log(step, lead, origin, None, None, outcome, False, insert=not defer_log)
+            _log(
+                step,
+                lead,
+                origin,
+                None,
+                None,
+                outcome,
+                False,
+                insert=not defer_log,
+                run_step_id=run_step_id,
+            )
             if write_log
             else None
         )
@@ -120,7 +132,17 @@ def request_run(
         result = None
         outcome = Outcome.error(why)
     entry = (
-        _log(step, lead, origin, built, result, outcome, send, insert=not defer_log)
+        _log(
+            step,
+            lead,
+            origin,
+            built,
+            result,
+            outcome,
+            send,
+            insert=not defer_log,
+            run_step_id=run_step_id,
+        )
         if write_log
         else None
     )
@@ -150,6 +172,7 @@ def _log(
     was_sent: bool,
     *,
     insert: bool = True,
+    run_step_id: int | None = None,
 ) -> RequestLog:
     secrets_ = list(built.secrets) if built else []
     if result is not None:
@@ -185,6 +208,7 @@ def _log(
         reason=outbound.mask_secrets(outcome.reason, secrets_)[:500],
         error=(result.error_message or "")[:300] if result else "",
         captured=captured,
+        run_step_id=run_step_id,
     )
     if insert:
         _log_insert(entry)

@@ -383,6 +383,7 @@ def _request_effect(
         ),
         state=state,
         defer_log=defer_log,
+        run_step_id=step.pk,
     )
     if holder is not None:
         holder["log"] = result.log

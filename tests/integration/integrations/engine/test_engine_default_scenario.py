@@ -12,7 +12,7 @@ from django.db import connection
 from werkzeug import Response
 
 from integrations.engine import services as engine
-from integrations.models import Connection, Element, Integration, RequestStep
+from integrations.models import Connection, Element, Integration, RequestLog, RequestStep, RunStep
 from integrations.portability import integration_import, library_entry
 from structures.models import Lead
 
@@ -56,6 +56,11 @@ def test_library_buyer_runs_its_ping_and_post(lead_setup, lead, httpserver):
     post = engine.run_drive(run_id=post.pk, deadline_seconds=5)
     assert post.result["kind"] == "accepted"
     assert post.result["captured"]["buyer_lead_id"] == "B-1"
+
+    # Each call's log row names the step that made it (the run timeline reads them so).
+    (ping_log,) = RequestLog.objects.filter(run_step__run=ping)
+    assert ping_log.run_step.element.kind == Kind.REQUEST and ping_log.url.endswith("/ping")
+    assert RequestLog.objects.filter(run_step__run=post).count() == 1
 
     starts = integration.elements.filter(kind=Kind.START)
     assert sorted(starts.values_list("meaning", flat=True)) == ["ping", "post"]
@@ -110,3 +115,13 @@ def test_two_first_runs_at_once_build_one_graph(lead_setup):
         thread.join()
     assert sorted(made) == [0, 0, 0, 2]
     assert integration.elements.count() == 2
+
+
+def test_the_task_path_names_the_step_on_its_log_row(lead_setup, lead, httpserver):
+    httpserver.expect_request("/ping").respond_with_json({"status": "accepted", "bid": 3})
+    httpserver.expect_request("/post").respond_with_json({"status": "accepted"})
+    integration = _buyer(lead_setup, httpserver)
+    run = engine.run_start(integration=integration, lead=lead, meaning="ping")
+    step = RunStep.objects.get(run=run, status=RunStep.Status.PENDING)
+    assert engine.step_execute(step_id=step.pk) == []
+    assert RequestLog.objects.get(run_step=step).outcome == "accepted"
