@@ -291,24 +291,27 @@ def check_auction(dists: list[Any], count: int, winner: str) -> list[str]:
     return problems[:3]
 
 
-def sustained_ours(fx: dict[str, Any], lead_ids: list[int], concurrency: int) -> tuple[float, int]:
-    """Seconds to distribute every lead with ``concurrency`` drivers; wrong outcomes."""
+def sustained_ours(lead_ids: list[int], concurrency: int, seconds: float) -> tuple[int, float, int]:
+    """Leads distributed by ``concurrency`` drivers in about ``seconds`` (a driver takes
+    no new lead after that): (leads done, elapsed seconds, wrong outcomes)."""
     from django.db import connection
 
     ids = iter(lead_ids)
     lock = threading.Lock()
-    wrong = [0]
+    done, wrong = [0], [0]
+    stop_at = time.perf_counter() + seconds
 
     def driver() -> None:
         try:
-            while True:
+            while time.perf_counter() < stop_at:
                 with lock:
                     lead_id = next(ids, None)
                 if lead_id is None:
                     return
                 dist = distribute(lead_id)
-                if dist is None or dist.status != "sold":
-                    with lock:
+                with lock:
+                    done[0] += 1
+                    if dist is None or dist.status != "sold":
                         wrong[0] += 1
         finally:
             connection.close()
@@ -319,7 +322,7 @@ def sustained_ours(fx: dict[str, Any], lead_ids: list[int], concurrency: int) ->
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0, wrong[0]
+    return done[0], time.perf_counter() - t0, wrong[0]
 
 
 def driver_statements(lead_id: int) -> int:
@@ -374,20 +377,17 @@ class Bare:
     def waterfall(self, names: list[str]) -> bool:
         return any(self.post(name) for name in names)
 
-    def sustained(self, n: int, concurrency: int) -> tuple[float, int]:
-        left = [n]
+    def sustained(self, concurrency: int, seconds: float) -> tuple[int, float, int]:
+        done, wrong = [0], [0]
         lock = threading.Lock()
-        wrong = [0]
+        stop_at = time.perf_counter() + seconds
 
         def driver() -> None:
-            while True:
+            while time.perf_counter() < stop_at:
+                ok = self.auction()
                 with lock:
-                    if left[0] <= 0:
-                        return
-                    left[0] -= 1
-                if not self.auction():
-                    with lock:
-                        wrong[0] += 1
+                    done[0] += 1
+                    wrong[0] += 0 if ok else 1
 
         threads = [threading.Thread(target=driver) for _ in range(concurrency)]
         t0 = time.perf_counter()
@@ -395,7 +395,7 @@ class Bare:
             t.start()
         for t in threads:
             t.join()
-        return time.perf_counter() - t0, wrong[0]
+        return done[0], time.perf_counter() - t0, wrong[0]
 
 
 def cpu_seconds() -> float:
@@ -408,10 +408,10 @@ def cpu_seconds() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--waterfall-leads", type=int, default=12)
-    parser.add_argument("--auction-leads", type=int, default=40)
+    parser.add_argument("--waterfall-leads", type=int, default=9)
+    parser.add_argument("--auction-leads", type=int, default=25)
     parser.add_argument("--concurrency", type=int, default=8, help="leads in flight in (c)")
-    parser.add_argument("--leads", type=int, default=200, help="leads per round and side in (c)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per round and side in (c)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     t_start = time.monotonic()
@@ -501,7 +501,7 @@ def main() -> int:
         say()
         say(
             f"(c) sustained: 5-buyer auction, {args.concurrency} leads in flight, "
-            f"{args.leads} leads per round and side, {args.rounds} rounds (bare, ours, ...)"
+            f"{args.seconds:.0f} s per round and side, {args.rounds} rounds (bare, ours, ...)"
         )
         bare_su = Bare(buyers, names["sustained"], args.concurrency * SUSTAINED)
         per: dict[str, list[float]] = {"bare": [], "ours": []}
@@ -509,15 +509,15 @@ def main() -> int:
         wrong = {"bare": 0, "ours": 0}
         for r in range(args.rounds):
             c0 = cpu_seconds()
-            seconds, bad = bare_su.sustained(args.leads, args.concurrency)
-            cpu["bare"].append((cpu_seconds() - c0) / args.leads * 1e3)
-            per["bare"].append(args.leads / seconds)
+            done, seconds, bad = bare_su.sustained(args.concurrency, args.seconds)
+            cpu["bare"].append((cpu_seconds() - c0) / max(done, 1) * 1e3)
+            per["bare"].append(done / seconds)
             wrong["bare"] += bad
-            lead_ids = make_leads(fx, "sustained", args.leads)
+            lead_ids = make_leads(fx, "sustained", args.concurrency * 400)
             c0 = cpu_seconds()
-            seconds, bad = sustained_ours(fx, lead_ids, args.concurrency)
-            cpu["ours"].append((cpu_seconds() - c0) / args.leads * 1e3)
-            per["ours"].append(args.leads / seconds)
+            done, seconds, bad = sustained_ours(lead_ids, args.concurrency, args.seconds)
+            cpu["ours"].append((cpu_seconds() - c0) / max(done, 1) * 1e3)
+            per["ours"].append(done / seconds)
             wrong["ours"] += bad
             say(
                 f"  round {r + 1}: bare {per['bare'][-1]:6.1f} leads/s "
