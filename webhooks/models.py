@@ -310,6 +310,11 @@ class InboundWebhookRequest(models.Model):
                 condition=Q(status="unmatched"),
                 name="inbound_unmatched",
             ),
+            # Stored but never processed (the web process died in between): re-driven
+            # by the sweep. Only such rows are indexed: normally none.
+            models.Index(
+                fields=["received_at"], condition=Q(status="received"), name="inbound_stuck"
+            ),
         ]
 
     def __str__(self) -> str:

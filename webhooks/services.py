@@ -63,6 +63,8 @@ UNKNOWN_LIMIT_PER_MINUTE = int(getattr(settings, "WEBHOOK_UNKNOWN_LIMIT_PER_MINU
 EARLY_MATCH_SECONDS = max(60.0, 3 * float(getattr(settings, "SWEEPER_INTERVAL_SECONDS", 5.0)))
 MAX_BODY_BYTES = int(getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024) or 256 * 1024)
 MAX_STORED_HEADERS = 60
+# A callback still "received" after this long was stored but never processed.
+STUCK_SECONDS = 30
 # The inbound log is kept this long (no waiting webhook outlives it: see step.py).
 LOG_RETENTION_DAYS = int(getattr(settings, "WEBHOOK_LOG_RETENTION_DAYS", 35))
 MASK = "***"
@@ -734,6 +736,30 @@ def waiting_sweep(*, limit: int = 500) -> dict[str, int]:
         )
         if answer is MATCHED:
             matched += 1
+    # Stored, then the process died before matching it (the buyer saw no answer and
+    # may retry; a retry is then a duplicate): the raw row is matched here.
+    stuck = list(
+        InboundWebhookRequest.objects.filter(
+            status=Inbound.RECEIVED,
+            received_at__lt=now - timedelta(seconds=STUCK_SECONDS),
+            endpoint__trigger_integration__isnull=True,
+        )
+        .select_related("endpoint")
+        .order_by("received_at")[:limit]
+    )
+    for inbound in stuck:
+        endpoint = inbound.endpoint
+        if not inbound.identifier:
+            _inbound_set(inbound.pk, Inbound.INVALID, "no identifier")
+            continue
+        answer = _match(
+            endpoint=endpoint,
+            inbound_id=inbound.pk,
+            identifier=inbound.identifier,
+            advertiser_id=_advertiser_id(endpoint, inbound.advertiser_ref),
+            fresh=True,
+        )
+        matched += answer is MATCHED
     given_up = InboundWebhookRequest.objects.filter(
         status=Inbound.UNMATCHED, received_at__lt=since
     ).update(status=Inbound.NOT_FOUND, note="nothing waiting matched in time")

@@ -444,3 +444,19 @@ def test_the_sweep_drops_log_rows_past_the_retention(hook, lead):
     assert services.waiting_sweep()["pruned"] == 1
     assert list(InboundWebhookRequest.objects.values_list("pk", flat=True)) != [old.pk]
     assert InboundWebhookRequest.objects.count() == 1
+
+
+def test_a_callback_stored_but_never_processed_is_matched_by_the_sweep(
+    hook, lead, django_capture_on_commit_callbacks
+):
+    # The web process died between storing the raw request and matching it.
+    run = hook.start(lead)
+    inbound_id = _stored(hook, lead, {"pcid": lead.pcid, "status": "sold", "price": "6"})
+    InboundWebhookRequest.objects.filter(pk=inbound_id).update(
+        received_at=timezone.now() - timedelta(seconds=services.STUCK_SECONDS + 1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.waiting_sweep()["matched"] == 1
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED and run.result["captured"]["price"] == "6"
+    assert InboundWebhookRequest.objects.get(pk=inbound_id).status == Inbound.MATCHED
