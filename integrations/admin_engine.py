@@ -50,13 +50,19 @@ DRIVE_SECONDS = 3.0  # in the web request; what is left continues on the workers
 
 def run_replay(*, run: ScenarioRun, deadline_seconds: float = DRIVE_SECONDS) -> ScenarioRun:
     """A new run with the same integration, lead, step meaning and starting variables
-    (what the run was started with is not kept apart from what it set: its variables
-    now are the best record), driven here for a few seconds, then left to the workers."""
+    (kept on the run's start steps; runs from before that replay with their variables
+    as they ended), driven here for a few seconds, then left to the workers."""
+    first = (
+        RunStep.objects.filter(run=run, parent_step__isnull=True, input__has_key="variables")
+        .values_list("input", flat=True)
+        .first()
+    )
+    variables = first["variables"] if first else dict(run.variables or {})
     new = run_start(
         integration=run.integration,
         lead=run.lead,
         meaning=run.meaning,
-        variables=dict(run.variables or {}),
+        variables=dict(variables or {}),
         dry_run=run.is_dry_run,
     )
     return run_drive(run_id=new.pk, deadline_seconds=deadline_seconds)

@@ -168,7 +168,7 @@ def run_start(
             RunStep(
                 workspace_id=integration.workspace_id, element=element, due_at=now,
                 status=StepStatus.DONE, started_at=now, finished_at=now, duration_ms=0,
-                output=output,
+                output=output, input={"variables": run.variables},
             )
         )  # fmt: skip
         next_by_start.append(next_elements)
@@ -214,9 +214,9 @@ def _run_insert(
     placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RUN_FIELDS)
     params: list[Any] = [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
     params += [run.workspace_id, now, now, now]
-    start_values = ", ".join(["(%s::bigint, %s::jsonb)"] * len(start_steps))
+    start_values = ", ".join(["(%s::bigint, %s::jsonb, %s::jsonb)"] * len(start_steps))
     for step in start_steps:
-        params += [step.element_id, json.dumps(step.output)]
+        params += [step.element_id, json.dumps(step.output), json.dumps(step.input)]
     pairs = [
         (step.element_id, kid.pk)
         for step, kids in zip(start_steps, next_by_start, strict=True)
@@ -229,8 +229,8 @@ def _run_insert(
         f"WITH r AS (INSERT INTO {run_t} ({columns}) VALUES ({placeholders}) RETURNING id), "  # noqa: S608
         f"s AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, status, due_at, "
         "attempt, input, output, started_at, finished_at, duration_ms) "
-        "SELECT %s, r.id, v.element_id, 'done', %s, 1, '{}'::jsonb, v.output, %s, %s, 0 "
-        f"FROM r CROSS JOIN (VALUES {start_values}) AS v(element_id, output) "
+        "SELECT %s, r.id, v.element_id, 'done', %s, 1, v.input, v.output, %s, %s, 0 "
+        f"FROM r CROSS JOIN (VALUES {start_values}) AS v(element_id, output, input) "
         "RETURNING id, element_id), "
         f"p AS (SELECT * FROM (VALUES {kid_values}) AS p(start_element, element_id)), "
         f"k AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, parent_step_id, "

@@ -286,6 +286,17 @@ def test_replay_creates_and_drives_a_new_run_post_only(setup, operator, buyer, l
     assert len(buyer.log) == 2
 
 
+def test_replay_starts_from_the_runs_starting_variables(setup, operator, buyer, lead):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    run = engine.run_start(integration=graph.integration, lead=lead, variables={"src": "a"})
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=5.0)
+    assert run.variables["done"] == "1"  # set by the run itself
+    operator.post(change_url("scenariorun", run.pk, "replay"))
+    new = ScenarioRun.objects.exclude(pk=run.pk).get()
+    start = new.steps.get(parent_step__isnull=True)
+    assert start.input == {"variables": {"src": "a"}}  # not what the first run set
+
+
 def test_run_with_sample_values_sends_nothing_and_shows_what_would_be_sent(
     setup, operator, httpserver
 ):
