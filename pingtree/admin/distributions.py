@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.html import format_html
 from unfold.decorators import display
@@ -105,6 +106,26 @@ def distribution_rows(distribution: Distribution) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def lead_distribution_panel(request: HttpRequest, lead: Lead) -> str:
+    """The lead's distribution as a panel for the lead's page (who was asked, who won,
+    why the others lost), or "" when the operator may not see it. Ready for a lead-page
+    hook in structures' admin (the ping tree cannot add to that page by itself)."""
+    model_admin = admin.site._registry[Distribution]
+    distribution = model_admin.get_queryset(request).filter(lead_id=lead.pk).first()
+    if distribution is not None and not model_admin.has_view_permission(request, distribution):
+        return ""
+    rows = distribution_rows(distribution) if distribution is not None else []
+    return render_to_string(
+        "admin/pingtree/distribution/lead_panel.html",
+        {
+            "distribution": distribution,
+            "rows": rows,
+            "winners": [r for r in rows if r["result"].is_sold],
+        },
+        request=request,
+    )
 
 
 @admin.register(Distribution)

@@ -436,3 +436,20 @@ def test_changelists_cost_the_same_queries_for_more_rows(
         Distribution.objects.create(workspace=more.ws, lead=lead, tree=more.tree)
     PingTree.objects.create(workspace=more.ws, name="Extra tree")
     assert queries() == first
+
+
+def test_the_lead_panel_shows_the_distribution_to_its_workspace_only(world: World) -> None:
+    from django.test import RequestFactory
+
+    from pingtree.admin.distributions import lead_distribution_panel
+
+    request = RequestFactory().get("/admin/")
+    request.user = world.setup.operator
+    html = lead_distribution_panel(request, world.lead)
+    assert "Won: highest valid bid, sold at 30.00." in html
+    assert "Ping rejected: State not covered" in html
+    outsider = World("Zulu")
+    request = RequestFactory().get("/admin/")  # the scope is memoised per request
+    request.user = outsider.setup.operator
+    html = lead_distribution_panel(request, world.lead)
+    assert "Acme" not in html and "Won:" not in html
