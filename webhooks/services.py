@@ -470,11 +470,11 @@ def _match(
             transaction.on_commit(lambda: step_execute_task.delay(step_id), robust=True)
             return MATCHED
         step_status = RunStep.objects.filter(pk=step_id).values_list("status", flat=True).first()
-        if step_status in (RunStep.Status.RUNNING, RunStep.Status.DONE, RunStep.Status.FAILED):
+        if step_status not in (RunStep.Status.SKIPPED, None):
             # Its deadline fired while we claimed it: the timeout visit of the step
             # finds the row matched and takes this callback instead of timing out.
             return MATCHED
-        # The run ended (cancelled, deadline): nothing waits any more.
+        # The run ended (cancelled, deadline: its pending steps were skipped).
         WaitingWebhook.objects.filter(pk=waiting_id).update(status=Waiting.CANCELLED)
         _inbound_set(inbound_id, Inbound.NOT_FOUND, "the run ended before the callback")
         return NOT_FOUND
