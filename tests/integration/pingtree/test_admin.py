@@ -453,3 +453,22 @@ def test_the_lead_panel_shows_the_distribution_to_its_workspace_only(world: Worl
     request.user = outsider.setup.operator
     html = lead_distribution_panel(request, world.lead)
     assert "Acme" not in html and "Won:" not in html
+
+
+def test_the_figures_page_lists_each_offer_of_the_operator_with_its_money(
+    world: World, client: Client
+) -> None:
+    other = World("Yankee")
+    client.force_login(world.setup.operator)
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(reverse("admin:pingtree_offer_figures"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="total-revenue">30.00<' in html
+    assert 'id="total-payout">12.00<' in html
+    assert 'id="total-margin">18.00<' in html
+    assert 'data-offer="Acme Alpha"' in html
+    assert other.offers["Alpha"].name not in html
+    # The figures of every offer come from one query, whatever the number of offers.
+    figure_queries = [q for q in captured.captured_queries if "pingtree_offerresult" in q["sql"]]
+    assert len(figure_queries) == 1
