@@ -161,8 +161,41 @@ def pool_shutdown() -> None:
     POOL.shutdown()
 
 
-def _drive_run(run_id: int, seconds: float) -> None:
-    engine.run_drive(run_id=run_id, deadline_seconds=seconds, hand_off=False)
+def _drive_run(run_id: int, seconds: float) -> ScenarioRun:
+    return engine.run_drive(run_id=run_id, deadline_seconds=seconds, hand_off=False)
+
+
+class _PingCall:
+    """A ping started and driven on a pool thread (its run is written there too, so an
+    auction's pings start in parallel). The driver may give up on it: then the run, if
+    it was started, is cancelled, and a ping not yet started never is."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.run_id: int | None = None
+        self.abandoned = False
+
+    def job(
+        self, integration: Integration, lead: Lead, variables: dict[str, Any], seconds: float
+    ) -> ScenarioRun | None:
+        with self.lock:
+            if self.abandoned:
+                return None
+        run = engine.run_start(
+            integration=integration, lead=lead, meaning="ping", variables=variables,
+            deadline_seconds=seconds,
+        )  # fmt: skip
+        with self.lock:
+            self.run_id = run.pk
+            abandoned = self.abandoned
+        if abandoned:
+            return engine.run_cancel(run_id=run.pk, reason="the ping tree stopped waiting")
+        return engine.run_drive(run_id=run.pk, deadline_seconds=seconds, hand_off=False)
+
+    def give_up(self) -> int | None:
+        with self.lock:
+            self.abandoned = True
+            return self.run_id
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -273,9 +306,9 @@ def offer_resume(*, offer: Offer, actor: str = "operator") -> Offer:
 def _offer_health_record(*, offer: Offer, failed: bool) -> None:
     """N consecutive post errors or timeouts pause the offer; any answer resets the count."""
     if not failed:
-        Offer.objects.filter(pk=offer.pk, consecutive_error_count__gt=0).update(
-            consecutive_error_count=0
-        )
+        if offer.consecutive_error_count:
+            Offer.objects.filter(pk=offer.pk).update(consecutive_error_count=0)
+            offer.consecutive_error_count = 0
         return
     Offer.objects.filter(pk=offer.pk).update(
         consecutive_error_count=F("consecutive_error_count") + 1
@@ -454,6 +487,7 @@ class _Driver:
             r.offer_id: r for r in OfferResult.objects.filter(distribution=dist)
         }
         self.external_checks: dict[str, bool] = {}
+        self._ping_cache: dict[int, bool] = {}
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -506,10 +540,11 @@ class _Driver:
             transaction.on_commit(lambda: distribution_run_task.delay(dist_id), robust=True)
 
     def _alive(self) -> None:
-        if not Distribution.objects.filter(
-            pk=self.dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
-        ).exists():
-            log.warning("pingtree.claim_lost", attempt=self.dist.attempt)
+        """Stop before calling a buyer once our lease is over (another driver may have the
+        lead). No query: the lease is ours until lease_until; sales and the finish are
+        conditional on our attempt anyway."""
+        if self.dist.lease_until is not None and timezone.now() >= self.dist.lease_until:
+            log.warning("pingtree.lease_over", attempt=self.dist.attempt)
             raise _Stop
 
     # -- tiers ---------------------------------------------------------------------------
@@ -570,9 +605,18 @@ class _Driver:
                 self._skip(cand.offer, tier, "the lead is sold already")
                 continue
             result = self._open(cand.offer, tier)
-            if cand.offer.price_model != PriceModel.FIXED and self._has_ping(cand.offer):
-                ping = self._ping_one(cand, result, until)
-                if not self._bid_valid(cand, result, ping):
+            if (
+                cand.offer.price_model != PriceModel.FIXED
+                and cand.offer.integration_id in self._ping_capable([cand.offer])
+            ):
+                started = time.monotonic()
+                call, future = self._ping_submit(cand.offer, until)
+                seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
+                outcome, run_id = self._ping_finish(
+                    call, future, started, timeout=seconds,
+                    cancel_reason=self._cut_reason(cand, until),
+                )  # fmt: skip
+                if not self._ping_settle(cand, result, outcome, run_id):
                     continue
             if self._post(cand, result, until):
                 return
@@ -580,28 +624,27 @@ class _Driver:
     def _auction(
         self, tier: Tier, eligible: list[_Candidate], until: datetime, *, max_sales: int
     ) -> None:
-        pinged: list[tuple[_Candidate, ScenarioRun, Future, float]] = []
+        self._open_many([c.offer for c in eligible], tier)
+        capable = self._ping_capable([c.offer for c in eligible])
+        pinged: list[tuple[_Candidate, _PingCall, Future, float]] = []
         for cand in eligible:
-            cand.result = self._open(cand.offer, tier)
-            if self._has_ping(cand.offer):
+            cand.result = self.results[cand.offer.pk]
+            if cand.offer.integration_id in capable:
                 started = time.monotonic()
-                run, future = self._call_start(cand.offer, cand.result, "ping", until)
-                if run is None:
-                    continue
-                pinged.append((cand, run, future, started))
+                call, future = self._ping_submit(cand.offer, until)
+                pinged.append((cand, call, future, started))
             else:
                 cand.value = self._expected_value(cand.offer, None)
         # Each ping may take its offer's timeout, none more than the tier's time; waiting
         # for each in turn up to its own absolute deadline waits for all at once.
-        for cand, run, future, started in pinged:
+        for cand, call, future, started in pinged:
             own = min(cand.offer.timeout_seconds, _seconds_left(until))
-            outcome = self._call_finish(
-                run, future, started,
+            outcome, run_id = self._ping_finish(
+                call, future, started,
                 timeout=max(own - (time.monotonic() - started), 0),
                 cancel_reason=self._cut_reason(cand, until),
             )  # fmt: skip
-            self._ping_record(cand, cand.result, outcome)
-            self._bid_valid(cand, cand.result, outcome)
+            self._ping_settle(cand, cand.result, outcome, run_id)
         ranked = sorted(
             (
                 c
@@ -611,14 +654,12 @@ class _Driver:
             key=lambda c: (-c.value, c.priority, c.offer.pk),
         )
         sales = 0
+        losers: list[OfferResult] = []
         for cand in ranked:
             if sales >= max_sales or (
                 self.dist.sold_count and not self._may_sell(cand.offer, max_sales)
             ):
-                why = "outbid: the lead went to a higher bid" if sales else "the lead is sold"
-                self._result_update(
-                    cand.result, status=ResultStatus.OUTBID, reason=why, finished=True
-                )
+                losers.append(cand.result)
                 continue
             if _seconds_left(until) <= MIN_CALL_SECONDS:
                 self._result_update(
@@ -631,6 +672,15 @@ class _Driver:
                 self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
                 if self.dist.is_exclusive_sold:
                     max_sales = sales
+        if losers:
+            # One statement for every bidder the sale left behind.
+            why = "outbid: the lead went to a higher bid" if sales else "the lead is sold"
+            now = timezone.now()
+            OfferResult.objects.filter(pk__in=[r.pk for r in losers]).update(
+                status=ResultStatus.OUTBID, reason=why, finished_at=now
+            )
+            for row in losers:
+                row.status, row.reason, row.finished_at = ResultStatus.OUTBID, why, now
 
     def _cut_reason(self, cand: _Candidate, until: datetime) -> str:
         if cand.offer.timeout_seconds <= _seconds_left(until):
@@ -741,7 +791,6 @@ class _Driver:
 
     def _open(self, offer: Offer, tier: Tier, *, skipped_reason: str | None = None) -> OfferResult:
         """The offer's result row in this distribution (one per offer)."""
-        self._alive()
         skipped = skipped_reason is not None
         now = timezone.now()
         row = OfferResult(
@@ -758,12 +807,65 @@ class _Driver:
             finished_at=now if skipped else None,
         )
         try:
-            with transaction.atomic():
+            # In autocommit a failed INSERT costs nothing; inside a transaction (tests) it
+            # needs a savepoint.
+            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
                 row.save(force_insert=True)
         except IntegrityError:
             row = OfferResult.objects.get(distribution=self.dist, offer=offer)
         self.results[offer.pk] = row
         return row
+
+    def _open_many(self, offers: list[Offer], tier: Tier) -> None:
+        """Result rows for an auction's offers in one statement."""
+        rows = [
+            OfferResult(
+                workspace_id=self.dist.workspace_id,
+                distribution=self.dist,
+                offer=offer,
+                tier=tier,
+                position=len(self.results) + i,
+                stage=ResultStage.SKIPPED,
+                status=ResultStatus.PENDING,
+                is_test=self.lead.is_test,
+                is_exclusive=offer.sale_mode == SaleMode.EXCLUSIVE,
+            )  # fmt: skip
+            for i, offer in enumerate(offers)
+        ]
+        try:
+            with transaction.atomic():
+                OfferResult.objects.bulk_create(rows)
+        except IntegrityError:
+            for offer in offers:
+                self._open(offer, tier)
+            return
+        for row in rows:
+            self.results[row.offer_id] = row
+
+    def _ping_capable(self, offers: list[Offer]) -> set[int]:
+        """Integration ids (of these offers) that have a ping start: their start
+        elements, or, for an integration without a scenario yet (its default scenario is
+        built on its first run), a request whose step meaning is ping."""
+        wanted = {o.integration_id for o in offers} - set(self._ping_cache)
+        if wanted:
+            from integrations.models import Element, RequestStep
+
+            with_starts: set[int] = set()
+            for integration_id, meaning in Element.objects.filter(
+                integration_id__in=wanted, kind="start"
+            ).values_list("integration_id", "meaning"):
+                with_starts.add(integration_id)
+                if meaning == "ping":
+                    self._ping_cache[integration_id] = True
+            bare = wanted - with_starts
+            if bare:
+                for integration_id in RequestStep.objects.filter(
+                    integration_id__in=bare, meaning="ping"
+                ).values_list("integration_id", flat=True):
+                    self._ping_cache[integration_id] = True
+            for integration_id in wanted:
+                self._ping_cache.setdefault(integration_id, False)
+        return {o.integration_id for o in offers if self._ping_cache[o.integration_id]}
 
     def _result_update(
         self, row: OfferResult, *, finished: bool = False, **values: Any
@@ -778,12 +880,6 @@ class _Driver:
         return row
 
     # -- calls ---------------------------------------------------------------------------
-
-    def _has_ping(self, offer: Offer) -> bool:
-        elements = offer.integration.elements.filter(kind="start")
-        if elements.exists():
-            return elements.filter(meaning="ping").exists()
-        return offer.integration.requests.filter(meaning="ping").exists()
 
     def _variables(self, offer: Offer, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         values = {
@@ -843,7 +939,10 @@ class _Driver:
         if future.done() and not future.cancelled():
             error = future.exception()
         ms = int((time.monotonic() - started) * 1000)
-        fresh = ScenarioRun.objects.get(pk=run.pk)
+        if future.done() and error is None and isinstance(future.result(), ScenarioRun):
+            fresh = future.result()  # the run as its driver left it: no query
+        else:
+            fresh = ScenarioRun.objects.get(pk=run.pk)
         parked_on_webhook = (fresh.result or {}).get("waiting") == "webhook"
         if not future.done() or (
             fresh.status in (RunStatus.RUNNING, RunStatus.WAITING) and not parked_on_webhook
@@ -857,52 +956,74 @@ class _Driver:
             return CallOutcome("error", f"the call failed: {error}", ms=ms)
         return _outcome_of(fresh, ms)
 
-    def _ping_one(self, cand: _Candidate, row: OfferResult, until: datetime) -> CallOutcome:
-        started = time.monotonic()
-        run, future = self._call_start(cand.offer, row, "ping", until)
-        if run is None:
-            return CallOutcome("error", row.reason)
-        seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
-        outcome = self._call_finish(
-            run, future, started, timeout=seconds, cancel_reason=self._cut_reason(cand, until)
+    def _ping_submit(self, offer: Offer, until: datetime) -> tuple[_PingCall, Future]:
+        seconds = min(_seconds_left(until), offer.timeout_seconds)
+        call = _PingCall()
+        future = POOL.submit(
+            call.job, offer.integration, self.lead, self._variables(offer), seconds
         )
-        self._ping_record(cand, row, outcome)
-        return outcome
+        return call, future
 
-    def _ping_record(self, cand: _Candidate, row: OfferResult, outcome: CallOutcome) -> None:
-        cand.ping = outcome
-        bid = _money(outcome.captured.get("price"))
-        status = outcome.status if not outcome.blocking else ResultStatus.TIMEOUT
-        self._result_update(
-            row, stage=ResultStage.PINGED, ping_status=status, bid=bid, ping_ms=outcome.ms,
-            reason=outcome.reason,
-        )  # fmt: skip
+    def _ping_finish(
+        self, call: _PingCall, future: Future, started: float, *, timeout: float,
+        cancel_reason: str,
+    ) -> tuple[CallOutcome, int | None]:  # fmt: skip
+        with contextlib.suppress(FutureTimeout):
+            future.result(timeout=max(timeout, 0))
+        ms = int((time.monotonic() - started) * 1000)
+        if not future.done():
+            run_id = call.give_up()
+            if run_id is None:
+                return CallOutcome("timeout", f"no answer: {cancel_reason}", ms=ms), None
+            run = engine.run_cancel(run_id=run_id, reason=cancel_reason)
+            if run.status == RunStatus.CANCELLED:
+                return CallOutcome("timeout", f"no answer: {cancel_reason}", ms=ms), run_id
+            return _outcome_of(run, ms), run_id
+        error = future.exception()
+        if error is not None:
+            return CallOutcome("error", str(error), ms=ms), call.run_id
+        run = future.result()
+        if run is None:
+            return CallOutcome("timeout", f"no answer: {cancel_reason}", ms=ms), None
+        run_id = run.pk
+        if run.status in (RunStatus.RUNNING, RunStatus.WAITING):
+            # Not finished within its time (a multi-step ping, a wait): stop it.
+            run = engine.run_cancel(run_id=run_id, reason=cancel_reason)
+        return _outcome_of(run, ms), run_id
 
-    def _bid_valid(self, cand: _Candidate, row: OfferResult, ping: CallOutcome) -> bool:
-        """Whether the ping's answer lets us post; records why not."""
+    def _ping_settle(
+        self, cand: _Candidate, row: OfferResult, ping: CallOutcome, run_id: int | None
+    ) -> bool:
+        """Record the ping and whether its answer lets us post, in one statement."""
+        cand.ping = ping
+        bid = _money(ping.captured.get("price"))
+        fields: dict[str, Any] = {
+            "stage": ResultStage.PINGED,
+            "ping_run_id": run_id,
+            "ping_status": ping.status if not ping.blocking else ResultStatus.TIMEOUT,
+            "bid": bid,
+            "ping_ms": ping.ms,
+            "reason": ping.reason,
+        }
+        why = ""
         if ping.kind != "accepted" or ping.blocking:
-            status = ping.status if not ping.blocking else ResultStatus.TIMEOUT
-            if row.status == ResultStatus.PENDING:
-                self._result_update(
-                    row, status=status, reason=f"ping: {ping.reason or ping.kind}", finished=True
-                )
+            fields["status"] = fields["ping_status"]
+            why = f"ping: {ping.reason or ping.kind}"
+        elif cand.offer.price_model == PriceModel.BID and bid is None:
+            fields["status"] = ResultStatus.REJECTED
+            why = "ping: no bid in the answer"
+        elif bid is not None and bid < cand.offer.min_price:
+            fields["status"] = ResultStatus.REJECTED
+            why = (
+                f"bid {bid.normalize():f} is under the minimum price "
+                f"{cand.offer.min_price.normalize():f}"
+            )
+        if why:
+            fields["reason"] = why
+            self._result_update(row, finished=True, **fields)
             return False
-        value = self._expected_value(cand.offer, row.bid)
-        if cand.offer.price_model == PriceModel.BID and row.bid is None:
-            self._result_update(
-                row, status=ResultStatus.REJECTED, reason="ping: no bid in the answer",
-                finished=True,
-            )  # fmt: skip
-            return False
-        if row.bid is not None and row.bid < cand.offer.min_price:
-            self._result_update(
-                row, status=ResultStatus.REJECTED,
-                reason=f"bid {row.bid.normalize():f} is under the minimum price "
-                f"{cand.offer.min_price.normalize():f}",
-                finished=True,
-            )  # fmt: skip
-            return False
-        cand.value = value
+        self._result_update(row, **fields)
+        cand.value = self._expected_value(cand.offer, bid)
         return True
 
     def _expected_value(self, offer: Offer, bid: Decimal | None) -> Decimal:
