@@ -411,7 +411,7 @@ def main() -> int:
     parser.add_argument("--waterfall-leads", type=int, default=9)
     parser.add_argument("--auction-leads", type=int, default=25)
     parser.add_argument("--concurrency", type=int, default=8, help="leads in flight in (c)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per round and side in (c)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per round and side in (c)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     t_start = time.monotonic()
