@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,22 @@ from webhooks.models import WaitingWebhook, WebhookEndpoint
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 ENDPOINTS = "/admin/webhooks/webhookendpoint/"
+
+
+@pytest.fixture(autouse=True)
+def webhook_step_registered() -> Iterator[None]:
+    # An engine test unregisters the webhook kind to check its "no handler" path (and
+    # does not put it back): make sure ours is installed, whatever ran before.
+    from integrations.engine import registry
+    from webhooks.step import config_check, handle
+
+    previous = registry.ELEMENT_HANDLERS.get("webhook")
+    registry.register_element("webhook", handle, check=config_check)
+    yield
+    if previous is not None:
+        registry.ELEMENT_HANDLERS["webhook"] = previous
+
+
 WAITING = "/admin/webhooks/waitingwebhook/"
 INBOUND = "/admin/webhooks/inboundwebhookrequest/"
 
