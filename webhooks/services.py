@@ -617,7 +617,11 @@ def waiting_park(*, call: StepCall, config: WebhookStepConfig) -> Effect:
                      waiting_id=waiting.pk)  # fmt: skip
         log.info("webhooks.early_callback_matched", waiting_id=waiting.pk, inbound_id=early.pk)
         return callback_effect(
-            config=config, inbound=early, context=call.context, payload=_payload_of(early)
+            config=config,
+            inbound=early,
+            context=call.context,
+            payload=_payload_of(early),
+            earlier=_earlier(call),
         )
     return Effect(
         outcome={
@@ -656,6 +660,10 @@ def _early_callback(
     return None
 
 
+def _earlier(call: StepCall) -> dict[str, Any]:
+    return dict((call.previous_outcome or {}).get("captured") or {})
+
+
 def _payload_of(inbound: InboundWebhookRequest) -> dict[str, Any]:
     return Callback(
         method=inbound.method,
@@ -675,7 +683,11 @@ def waiting_resumed(*, call: StepCall, config: WebhookStepConfig) -> Effect:
     if inbound is None:
         return _error(call, "the matched callback is no longer stored")
     return callback_effect(
-        config=config, inbound=inbound, context=call.context, payload=_payload_of(inbound)
+        config=config,
+        inbound=inbound,
+        context=call.context,
+        payload=_payload_of(inbound),
+        earlier=_earlier(call),
     )
 
 
@@ -693,7 +705,11 @@ def waiting_expire(*, call: StepCall, config: WebhookStepConfig) -> Effect:
         ).first()
         if inbound is not None:
             return callback_effect(
-                config=config, inbound=inbound, context=call.context, payload=_payload_of(inbound)
+                config=config,
+                inbound=inbound,
+                context=call.context,
+                payload=_payload_of(inbound),
+                earlier=_earlier(call),
             )
     seconds = config.park_seconds
     return Effect(

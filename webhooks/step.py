@@ -57,6 +57,9 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 # A non-waiting step keeps its lead matchable this long; then the run is timed out.
 RETENTION_SECONDS = 30 * 24 * 3600
 CALLBACK_SOURCES = (Source.BODY, Source.HEADER, Source.QUERY, Source.CONSTANT)
+# What the post's own answer captured that the callback's outcome keeps (unless the
+# callback captures it again): the sale's figures and the buyer's id for reconciling.
+CARRIED_CAPTURES = ("price", "redirect_url", "buyer_lead_id")
 KNOWN_KEYS = {
     "endpoint", "wait", "timeout_seconds", "external_id", "rules", "captures",
     "default_outcome",
@@ -223,10 +226,13 @@ def callback_effect(
     inbound: Any,
     context: dict[str, Any],
     payload: dict[str, Any],
+    earlier: dict[str, Any] | None = None,
 ) -> Effect:
     """What a callback means for the run: the rules' outcome, its captures (price,
     redirect URL, buyer's lead id, lead fields, variables) and the payload's values as
-    ``webhook_<key>`` variables."""
+    ``webhook_<key>`` variables. ``earlier``: what the step before captured (the post's
+    pending answer); its price, redirect URL and buyer's lead id stand unless the
+    callback gives its own, so the sale keeps the id the buyer gave at post time."""
     headers = [(str(n), str(v)) for n, v in inbound.headers]
     if inbound.content_type and not any(n.lower() == "content-type" for n, _ in headers):
         headers.append(("Content-Type", inbound.content_type))
@@ -240,12 +246,10 @@ def callback_effect(
     )
     variables = flat_variables(payload)
     variables.update(outcome.variables)
+    captured = {k: str(v) for k, v in (earlier or {}).items() if k in CARRIED_CAPTURES}
+    captured.update(outcome.captured)
     return Effect(
-        outcome={
-            "kind": str(outcome.kind),
-            "reason": outcome.reason,
-            "captured": dict(outcome.captured),
-        },
+        outcome={"kind": str(outcome.kind), "reason": outcome.reason, "captured": captured},
         variables=variables,
         lead_fields=dict(outcome.fields),
     )

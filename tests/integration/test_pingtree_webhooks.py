@@ -222,13 +222,6 @@ def test_a_lead_from_the_api_waits_for_the_buyers_callback_and_is_sold_at_its_pr
     assert (decision["status"], decision["price"]) == ("sold", "8.60")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product defect: the buyer's lead id captured from the post's pending answer is "
-    "lost on the sale. webhooks.services.waiting_resumed -> webhooks.step.callback_effect "
-    "returns only the callback's captures, so the run's final result has no buyer_lead_id "
-    "and pingtree.services._Driver._sale writes OfferResult.buyer_lead_id = ''.",
-)
 def test_the_buyers_lead_id_given_at_post_is_kept_on_the_sale(
     setup: LeadSetup, tree: Tree, buyers: Buyers
 ) -> None:

@@ -70,7 +70,9 @@ def calls_back(tree: Tree, offer, *, timeout: int = 600) -> tuple[str, Element]:
 
 
 def test_the_buyers_callback_sells_the_lead_at_the_price_it_names(tree, buyers):
-    offer = tree.offer("Calls back", post=buyers.json("/cb", "pending"), price_model="bid")
+    offer = tree.offer(
+        "Calls back", post=buyers.json("/cb", "pending", id="ACME-1"), price_model="bid"
+    )
     path, _step = calls_back(tree, offer)
     tree.tier("waterfall", offer, tree.offer("Backup", post=buyers.json("/backup")))
     lead = tree.lead()
@@ -86,6 +88,8 @@ def test_the_buyers_callback_sells_the_lead_at_the_price_it_names(tree, buyers):
     dist.refresh_from_db()
     assert dist.status == "sold" and dist.revenue == Decimal("21.50")
     assert buyers.total("/backup") == 0
+    # the buyer's own id, given in its pending answer to the post, stays on the sale
+    assert OfferResult.objects.get(distribution=dist, offer=offer).buyer_lead_id == "ACME-1"
     # the buyer's retry changes nothing
     again = Client().post(
         path, {"pcid": lead.pcid, "status": "no"}, content_type="application/json"
