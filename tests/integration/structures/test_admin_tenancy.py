@@ -105,6 +105,9 @@ class Tenant:
     rule: DuplicateRule
     leads: list[Lead]
     spare_field: Field  # a local field in no structure nor rule yet
+    # An advertiser nothing refers to: the seeded rows of higher apps (offers) protect
+    # the main one from deletion, which the delete action would rightly refuse.
+    spare_advertiser: Advertiser
 
     @property
     def workspace(self) -> Workspace:
@@ -162,7 +165,8 @@ def make_tenant(marker: str) -> Tenant:
     spare = Field.objects.create(
         workspace=setup.workspace, name=f"{marker}_spare", label=f"{marker.capitalize()} spare"
     )
-    return Tenant(marker, setup, field, advertiser, rule, leads, spare)
+    spare_advertiser = AdvertiserFactory(workspace=setup.workspace, name=f"{marker} spare buyer")
+    return Tenant(marker, setup, field, advertiser, rule, leads, spare, spare_advertiser)
 
 
 # --- rows for product models this file does not know yet -----------------------------------
@@ -778,8 +782,8 @@ def test_actions_posted_with_b_ids_change_nothing(
         (
             Advertiser,
             "delete_selected",
-            lambda t: {t.advertiser.pk},
-            lambda t: not Advertiser.objects.filter(pk=t.advertiser.pk).exists(),
+            lambda t: {t.spare_advertiser.pk},
+            lambda t: not Advertiser.objects.filter(pk=t.spare_advertiser.pk).exists(),
         ),
     ],
     ids=["approve", "reject", "revoke", "delete"],
@@ -879,8 +883,8 @@ def test_viewer_who_opens_a_workspace_of_their_own_still_only_reads_a(
     assert _status(world.a) == LeadStatus.PENDING
     _post_action(client, PartnerAPIKey, "revoke_keys", {world.a.setup.api_key.pk})
     assert not PartnerAPIKey.objects.get(pk=world.a.setup.api_key.pk).revoked
-    _post_action(client, Advertiser, "delete_selected", {world.a.advertiser.pk})
-    assert Advertiser.objects.filter(pk=world.a.advertiser.pk).exists()
+    _post_action(client, Advertiser, "delete_selected", {world.a.spare_advertiser.pk})
+    assert Advertiser.objects.filter(pk=world.a.spare_advertiser.pk).exists()
     assert client.post(_create_key_url(world.a.partner)).status_code == 404
     response = client.post(
         url(Partner, "change", world.a.partner.pk),
