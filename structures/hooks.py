@@ -50,6 +50,11 @@ DECISION_WAITERS: list[Callable[[Lead, float], dict[str, Any]]] = []
 inline_decision: ContextVar[bool] = ContextVar("inline_decision", default=False)
 
 
+# (request, lead) -> HTML shown on the lead's admin page under its values (the ping
+# tree's distribution); "" shows nothing. Each provider checks its own permissions.
+LEAD_PANELS: list[Callable[[Any, Lead], str]] = []
+
+
 def register_gate(stage: str, gate: Gate) -> Gate:
     """Add a gate to a stage (``validation``, ``filters``, ``pingtree``)."""
     DECISION_GATES[stage].append(gate)

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from unfold.decorators import display
 
-from structures import services
+from structures import hooks, services
 from structures.admin.base import (
     ReadOnlyInlineMixin,
     ScopedAdmin,
@@ -128,6 +128,23 @@ class LeadAdmin(ScopedAdmin):
             rows,
         )
         return format_html('<table class="lead-values">{}</table>', body)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        # Panels of higher apps (the ping tree's distribution) under the lead's values;
+        # the object itself is fetched once more only when a panel is registered.
+        panels: list[str] = []
+        if hooks.LEAD_PANELS:
+            lead = self.get_object(request, object_id)
+            if lead is not None:
+                panels = [html for panel in hooks.LEAD_PANELS if (html := panel(request, lead))]
+        extra_context = {**(extra_context or {}), "lead_panels": panels}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # leads come in through the API, forms and feeds

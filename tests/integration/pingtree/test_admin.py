@@ -455,6 +455,15 @@ def test_the_lead_panel_shows_the_distribution_to_its_workspace_only(world: Worl
     assert "Acme" not in html and "Won:" not in html
 
 
+def test_the_lead_page_shows_its_distribution(world: World, client: Client) -> None:
+    client.force_login(world.setup.operator)
+    response = client.get(reverse("admin:structures_lead_change", args=[world.lead.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="lead-distribution"' in html
+    assert "Won: highest valid bid, sold at 30.00." in html
+
+
 def test_the_figures_page_lists_each_offer_of_the_operator_with_its_money(
     world: World, client: Client
 ) -> None:
