@@ -447,6 +447,9 @@ class Distribution(models.Model):
     attempt = models.PositiveIntegerField("attempt", default=0)
     lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     next_check_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # While waiting for a buyer's callback the tree's clock stops: the seconds left are
+    # kept here and the deadline restarts from them when the distribution goes on.
+    time_left_seconds = models.FloatField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField("created", auto_now_add=True)
     started_at = models.DateTimeField("started", null=True, blank=True)
     deadline_at = models.DateTimeField("deadline", null=True, blank=True)

@@ -405,6 +405,9 @@ def _claim(dist_id: int) -> Distribution | None:
     )
     tree_seconds = dist.tree.deadline_seconds if dist.tree else 0.0
     deadline = dist.deadline_at or now + timedelta(seconds=tree_seconds)
+    if dist.status == DistributionStatus.WAITING and dist.time_left_seconds is not None:
+        # Back from a buyer's callback: the time spent waiting for it does not count.
+        deadline = now + timedelta(seconds=dist.time_left_seconds)
     lease = max(deadline, now) + LEASE_MARGIN
     claimed = (
         Distribution.objects.filter(pk=dist_id, attempt=dist.attempt)
@@ -416,6 +419,7 @@ def _claim(dist_id: int) -> Distribution | None:
             next_check_at=lease,
             started_at=dist.started_at or now,
             deadline_at=deadline,
+            time_left_seconds=None,
         )
     )
     if not claimed:
@@ -561,6 +565,9 @@ class _Driver:
 
     def _tier_run(self, tier: Tier) -> None:
         until = self._tier_until(tier)
+        self._tier_resume(tier, until)
+        if self.dist.sold_count:
+            return
         candidates = [
             _Candidate(offer=to.offer, priority=to.priority, weight=to.weight)
             for to in tier.tier_offers.select_related("offer__integration", "offer__advertiser")
@@ -584,6 +591,39 @@ class _Driver:
                           if tier.mode == TierMode.MULTI_SALE else 1)  # fmt: skip
         else:
             self._waterfall(tier, eligible, until)
+
+    def _tier_resume(self, tier: Tier, until: datetime) -> None:
+        """Post the valid bids a previous driver of this tier left unposted (it parked on
+        a buyer's callback, or died), highest first, as the auction would have."""
+        rows = [
+            r
+            for r in self.results.values()
+            if r.tier_id == tier.pk
+            and r.finished_at is None
+            and r.stage == ResultStage.PINGED
+            and r.ping_status == ResultStatus.ACCEPTED
+        ]
+        if not rows:
+            return
+        offers = {
+            o.pk: o
+            for o in Offer.objects.filter(pk__in=[r.offer_id for r in rows])
+            .select_related("integration")
+            .prefetch_related("caps")
+        }
+        variables = dict(
+            ScenarioRun.objects.filter(pk__in=[r.ping_run_id for r in rows if r.ping_run_id])
+            .values_list("pk", "variables")
+        )  # fmt: skip
+        cands = []
+        for row in rows:
+            offer = offers[row.offer_id]
+            cand = _Candidate(offer=offer, priority=row.position, weight=100, result=row)
+            cand.value = self._expected_value(offer, row.bid)
+            cand.ping = CallOutcome("accepted", variables=variables.get(row.ping_run_id) or {})
+            cands.append(cand)
+        max_sales = tier.max_sales if tier.mode == TierMode.MULTI_SALE else 1
+        self._post_ranked(cands, until, max_sales=max_sales)
 
     def _weighted_order(self, eligible: list[_Candidate]) -> list[_Candidate]:
         """A random order drawn by weight (each draw picks an offer with probability
@@ -645,14 +685,19 @@ class _Driver:
                 cancel_reason=self._cut_reason(cand, until),
             )  # fmt: skip
             self._ping_settle(cand, cand.result, outcome, run_id)
-        ranked = sorted(
-            (
+        self._post_ranked(
+            [
                 c
                 for c in eligible
                 if c.value is not None and c.result.status == ResultStatus.PENDING
-            ),
-            key=lambda c: (-c.value, c.priority, c.offer.pk),
+            ],
+            until,
+            max_sales=max_sales,
         )
+
+    def _post_ranked(self, cands: list[_Candidate], until: datetime, *, max_sales: int) -> None:
+        """Post to the highest value first, then the next, up to ``max_sales`` sales."""
+        ranked = sorted(cands, key=lambda c: (-c.value, c.priority, c.offer.pk))
         sales = 0
         losers: list[OfferResult] = []
         for cand in ranked:
@@ -1079,15 +1124,35 @@ class _Driver:
 
     def _park(self, row: OfferResult, outcome: CallOutcome) -> None:
         """The buyer answers by callback and holds the lead: wait for run_finished."""
-        self._result_update(
-            row, post_status=ResultStatus.PENDING, post_ms=outcome.ms, reason=outcome.reason
+        # What the buyer said so far (its lead id, a redirect) is kept for the sale: the
+        # post request's own captures (the run's result is the webhook step's answer).
+        from integrations.models import RunStep
+
+        said = (
+            RunStep.objects.filter(run_id=row.post_run_id, element__kind="request")
+            .order_by("-id")
+            .values_list("output", flat=True)
+            .first()
+        ) or {}
+        captured = {**dict((said.get("outcome") or {}).get("captured") or {}), **{
+            k: v for k, v in outcome.captured.items() if v not in (None, "")
+        }}  # fmt: skip
+        outcome = CallOutcome(
+            outcome.kind, outcome.reason, captured, outcome.variables, outcome.ms, blocking=True
         )
+        self._result_update(
+            row, stage=ResultStage.POSTED, post_status=ResultStatus.PENDING, post_ms=outcome.ms,
+            reason=outcome.reason,
+            buyer_lead_id=str(outcome.captured.get("buyer_lead_id") or row.buyer_lead_id)[:255],
+            redirect_url=str(outcome.captured.get("redirect_url") or row.redirect_url)[:2000],
+        )  # fmt: skip
         parked = Distribution.objects.filter(
             pk=self.dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
         ).update(
             status=DistributionStatus.WAITING,
             lease_until=None,
             next_check_at=timezone.now() + WAIT_RECHECK,
+            time_left_seconds=max(_seconds_left(self.deadline), 0.0),
         )
         if parked:
             _history(self.dist, "distribution", f"Waiting for {row.offer}'s callback.")
@@ -1128,7 +1193,8 @@ class _Driver:
             base = reported if reported is not None else (row.bid or Decimal("0"))
             price = (base * offer.revenue_share_percent / 100).quantize(CENT)
         exclusive = offer.sale_mode == SaleMode.EXCLUSIVE
-        redirect = str(outcome.captured.get("redirect_url") or "")[:2000]
+        redirect = str(outcome.captured.get("redirect_url") or row.redirect_url or "")[:2000]
+        buyer_lead_id = str(outcome.captured.get("buyer_lead_id") or row.buyer_lead_id or "")
         counted = Decimal("0") if self.lead.is_test else price
         with transaction.atomic():
             sale_ok = Q(is_exclusive_sold=False) & (Q(sold_count=0) if exclusive else Q())
@@ -1148,7 +1214,7 @@ class _Driver:
                 stage=ResultStage.POSTED, status=ResultStatus.ACCEPTED,
                 post_status=ResultStatus.ACCEPTED, post_ms=outcome.ms, price=price,
                 redirect_url=redirect,
-                buyer_lead_id=str(outcome.captured.get("buyer_lead_id") or "")[:255],
+                buyer_lead_id=buyer_lead_id[:255],
                 reason=outcome.reason or "accepted", is_sold=bool(sold),
             )  # fmt: skip
             if not sold:
@@ -1219,7 +1285,9 @@ class _Driver:
                 self._post_record(offer, row, outcome)
                 self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
                 continue
-            # Opened or pinged, never posted: nothing was sold.
+            if row.stage == ResultStage.PINGED and row.ping_status == ResultStatus.ACCEPTED:
+                continue  # a valid bid not posted yet: its tier posts it (_tier_run)
+            # Opened, or its ping never settled: nothing was sold.
             if row.ping_run_id:
                 engine.run_cancel(run_id=row.ping_run_id, reason="the ping tree's driver stopped")
             self._release(row)
@@ -1262,7 +1330,12 @@ class _Driver:
             )
             if not done:
                 raise _Stop
-            # Rows never reached before the deadline are recorded as skipped.
+            # Valid bids never posted (the lead sold first, or the time ran out).
+            OfferResult.objects.filter(distribution=dist, finished_at__isnull=True).update(
+                status=ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
+                reason="not posted: the lead was sold" if sold else "not posted in time",
+                finished_at=timezone.now(),
+            )
             if sold:
                 buyers = ", ".join(
                     str(r.offer)

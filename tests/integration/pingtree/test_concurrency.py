@@ -173,7 +173,9 @@ def callback_step():
 
 def add_callback(offer):
     integration = offer.integration
-    post_request = Element.objects.get(integration=integration, kind="request")
+    post_request = Element.objects.get(
+        integration=integration, kind="request", request_step__meaning="post"
+    )
     wait = Element.objects.create(
         workspace=integration.workspace, integration=integration, kind="webhook", name="wait"
     )
@@ -218,3 +220,65 @@ def test_a_callback_accepting_the_lead_sells_it(tree, buyers, callback_step):
     dist.refresh_from_db()
     assert dist.status == "sold" and dist.revenue == Decimal("21")
     assert buyers.total("/backup") == 0
+
+
+def test_in_an_auction_a_callback_rejection_passes_the_lead_to_the_next_bidder(
+    tree, buyers, callback_step
+):
+    top = tree.offer("Top", price_model="bid", ping=buyers.json("/tp", price="30"),
+                     post=buyers.json("/top", "pending", id="TOP-1"))  # fmt: skip
+    wait = add_callback(top)
+    second = tree.offer("Second", price_model="bid", ping=buyers.json("/sp", price="20"),
+                        post=buyers.json("/second"))  # fmt: skip
+    third = tree.offer("Third", price_model="bid", ping=buyers.json("/thp", price="10"),
+                       post=buyers.json("/third"))  # fmt: skip
+    tree.tier("auction", top, second, third)
+    dist = distribute(tree.lead())
+    assert dist.status == "waiting" and buyers.total("/second") == 0
+    row = OfferResult.objects.get(distribution=dist, offer=top)
+    assert row.buyer_lead_id == "TOP-1"
+    engine.step_resume(
+        step_id=RunStep.objects.get(run=row.post_run, element=wait).pk, data={"kind": "rejected"}
+    )
+    dist.refresh_from_db()
+    rows = {r.offer.name: r for r in OfferResult.objects.filter(distribution=dist)}
+    assert rows["Top"].status == "rejected"
+    assert rows["Second"].is_sold and dist.revenue == Decimal("20")
+    assert rows["Third"].status == "outbid" and rows["Third"].finished_at is not None
+    assert buyers.total("/second") == 1 and buyers.total("/third") == 0
+
+
+def test_the_buyers_lead_id_from_its_pending_answer_is_kept_on_the_sale(
+    tree, buyers, callback_step
+):
+    calls_back = tree.offer("Calls back", post=buyers.json("/cb", "pending", id="B-77"))
+    wait = add_callback(calls_back)
+    tree.tier("waterfall", calls_back)
+    dist = distribute(tree.lead())
+    row = OfferResult.objects.get(distribution=dist)
+    engine.step_resume(
+        step_id=RunStep.objects.get(run=row.post_run, element=wait).pk, data={"kind": "accepted"}
+    )
+    row.refresh_from_db()
+    assert row.is_sold and row.buyer_lead_id == "B-77"
+
+
+def test_time_spent_waiting_for_a_callback_does_not_count_against_the_deadline(
+    tree, buyers, callback_step
+):
+    import time
+
+    tree.tree.deadline_seconds = 1.0
+    tree.tree.save()
+    calls_back = tree.offer("Calls back", post=buyers.json("/cb", "pending"))
+    wait = add_callback(calls_back)
+    tree.tier("waterfall", calls_back, tree.offer("Backup", post=buyers.json("/backup")))
+    dist = distribute(tree.lead())
+    assert dist.status == "waiting" and dist.time_left_seconds > 0.5
+    time.sleep(1.2)  # longer than the whole tree's deadline
+    row = OfferResult.objects.get(distribution=dist, offer=calls_back)
+    engine.step_resume(
+        step_id=RunStep.objects.get(run=row.post_run, element=wait).pk, data={"kind": "rejected"}
+    )
+    dist.refresh_from_db()
+    assert dist.status == "sold" and buyers.total("/backup") == 1
