@@ -620,6 +620,7 @@ def step_resume(*, step_id: int, data: dict[str, Any]) -> bool:
             RunStep.objects.select_for_update()
             .filter(pk=step_id, status=StepStatus.PENDING)
             .only("id", "run_id", "input")
+            .order_by()  # the default ordering joins the run, which would lock it too
             .first()
         )
         if step is None or not step.input.get("parked") or "resumed" in step.input:
