@@ -21,7 +21,8 @@ deps: venv
 dev-deps: venv
 	@$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt
 
-## run: web + worker + beat on SQLite and the file-system broker, with demo data
+## run: web + worker + beat on SQLite and the file-system broker, with demo data and
+## the demo's fake buyers (Procfile.demo = Procfile + bench/fake_buyers.py on :8765)
 # The demo may call local fake buyers on loopback; production leaves this empty.
 run: export OUTBOUND_ALLOWED_NETWORKS ?= 127.0.0.0/8,::1/128
 run: deps
@@ -29,8 +30,8 @@ run: deps
 	@$(BIN)/python manage.py migrate --no-input -v0
 	@$(BIN)/python manage.py collectstatic --no-input -v0
 	@LOG_LEVEL=WARNING $(BIN)/python manage.py demo_load
-	@echo "Starting web, worker and beat (Ctrl-C stops all of them)..."
-	@exec $(BIN)/honcho start -f Procfile
+	@echo "Starting web, worker, beat and the demo's local fake buyers (Ctrl-C stops all of them)..."
+	@exec $(BIN)/honcho start -f Procfile.demo
 
 ## test: ruff, then the whole suite on PostgreSQL + Redis (started if installed but down)
 test: dev-deps

@@ -114,9 +114,9 @@ class Command(BaseCommand):
                     "",
                     "Ping tree: the default tree “Personal loans” (an auction, then a",
                     "waterfall) sells to four buyers whose integrations are in test mode: they",
-                    'send only test leads (add "test": true to the lead). To watch it sell,',
-                    f"start the local fake buyers: .venv/bin/python bench/fake_buyers.py "
-                    f"--port {FAKE_BUYERS_PORT} --demo",
+                    'send only test leads (add "test": true to the lead). `make run` starts',
+                    f"the local fake buyers on port {FAKE_BUYERS_PORT}; elsewhere run "
+                    f".venv/bin/python bench/fake_buyers.py --port {FAKE_BUYERS_PORT} --demo",
                     "",
                 ]
             )
