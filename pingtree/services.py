@@ -76,6 +76,8 @@ log = structlog.get_logger(__name__)
 LEASE_MARGIN = timedelta(seconds=15)
 # A pending distribution whose task was lost is re-driven after this.
 PENDING_GRACE = timedelta(seconds=30)
+# How far back the sweeper looks for accepted leads that never got a distribution.
+MISSING_LOOKBACK = timedelta(hours=1)
 # A distribution waiting on a buyer's callback is looked at again after this, in case the
 # run_finished signal was missed (a crash between commit and the signal).
 WAIT_RECHECK = timedelta(seconds=30)
@@ -1493,17 +1495,24 @@ def distributions_sweep(*, limit: int = 200) -> int:
             log.warning("pingtree.redriven", distribution_id=dist_id, status=status)
             distribution_run_task.delay(dist_id)
             queued += 1
-    # Accepted leads of the last day without a distribution (lost between the intake's
+    # Accepted leads of the last hour without a distribution (lost between the intake's
     # commit and the signal). Pending leads get theirs from the refusal policy's gate.
-    recent = now - timedelta(days=1)
-    missing = list(
-        Lead.objects.filter(
+    # Per workspace, so each query walks the (workspace, -created_at) index instead of
+    # the whole lead table.
+    from structures.models import Workspace
+
+    recent = now - MISSING_LOOKBACK
+    missing: list[int] = []
+    for workspace_id in Workspace.objects.values_list("id", flat=True):
+        missing += Lead.objects.filter(
+            workspace_id=workspace_id,
             created_at__gte=recent,
             created_at__lte=now - PENDING_GRACE,
             status=LeadStatus.APPROVED,
             distribution__isnull=True,
-        ).values_list("id", flat=True)[:limit]
-    )
+        ).values_list("id", flat=True)[: max(limit - len(missing), 0)]
+        if len(missing) >= limit:
+            break
     for lead_id in missing:
         distribution_start(lead_id=lead_id)
         queued += 1
