@@ -176,6 +176,13 @@ def test_operator_copies_the_endpoint_url_the_advertiser_calls_it_and_the_sale_s
     expect(table.locator('tr[data-offer="Backup offer"]')).to_have_count(0)
     assert buyers.total("/backup") == 0
 
+    # The lead's own page shows the same sale in its ping tree panel.
+    page.goto(f"{live_server.url}/admin/structures/lead/{lead.pk}/change/")
+    panel = page.locator("#lead-distribution")
+    expect(panel).to_contain_text("Sold")
+    expect(panel.locator("#winner-line")).to_contain_text("Sold to Async offer (Buyer Co)")
+    expect(panel.locator("#winner-line")).to_contain_text("for 21.50")
+
     # The partner reads the same outcome: sold, its 40 % of the buyer's price.
     status_answer = page.request.get(
         f"{live_server.url}/api/v1/leads/{pcid}/",

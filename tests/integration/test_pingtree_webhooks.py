@@ -362,14 +362,6 @@ def test_a_missed_run_finished_signal_is_caught_by_the_ping_tree_sweeper(
     assert rows(dist)["Async offer"].status == "timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product defect: a webhook timeout longer than the tree's deadline (the defaults: "
-    "300 s against 30 s) never lets the tree go on. pingtree.services._claim keeps the "
-    "first claim's deadline_at, so when run_finished re-drives the distribution after the "
-    "timeout, _Driver.drive finds the deadline past: the next offer is skipped 'not reached "
-    "before the deadline' and the lead ends unsold (issue 6: the ping tree moves on).",
-)
 def test_with_the_default_settings_a_timed_out_webhook_lets_the_tree_go_on(
     setup: LeadSetup, buyers: Buyers
 ) -> None:
@@ -617,16 +609,6 @@ def test_a_synchronous_partner_gets_pending_within_its_budget_then_reads_the_sal
     assert (decision["status"], decision["price"]) == ("sold", "8.00")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product defect: in an auction tier, when the top bidder's post parks on a "
-    "blocking webhook step and its callback rejects the lead, the next-highest bidder is "
-    "never posted (issue 5: 'if the post is rejected, post to the next-highest bidder'). "
-    "On the re-drive, pingtree.services._Driver._settle_in_flight records every other "
-    "pinged bidder as error 'not posted: the driver stopped before posting (lost, or "
-    "waited for another buyer's callback)', and _tier_run skips offers that have a result "
-    "row, so the lead ends unsold.",
-)
 def test_in_an_auction_a_callback_rejection_passes_the_lead_to_the_next_bidder(
     setup: LeadSetup, tree: Tree, buyers: Buyers
 ) -> None:
