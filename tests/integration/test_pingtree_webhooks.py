@@ -670,3 +670,60 @@ def test_a_cap_is_held_while_the_lead_waits_and_freed_when_the_callback_rejects(
     assert third.status == "sold" and rows(third)["Async offer"].is_sold
     used = CapCounter.objects.filter(cap=cap).values_list("used", flat=True)
     assert list(used) == [Decimal("1")]
+
+
+# --- 8. races and the stable URL ---------------------------------------------------------------
+
+
+def test_a_callback_between_the_run_parking_and_the_tree_waiting_still_sells_the_lead(
+    setup: LeadSetup, tree: Tree, buyers: Buyers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buyer calls back after its run parked but before the distribution is marked
+    waiting: run_finished finds no waiting distribution, so the ping tree's own look
+    after parking must continue it (no lead left waiting for a callback already taken)."""
+    _endpoint, path = pcid_endpoint(tree)
+    tree.tier("waterfall", async_buyer(tree, buyers, webhook_id="wh_async"),
+              tree.offer("Backup offer", post=buyers.json("/backup")))  # fmt: skip
+    lead = tree.lead()
+    answers: list[int] = []
+    original = pingtree._Driver._park
+
+    def callback_first(driver: Any, row: OfferResult, outcome: Any) -> None:
+        body = {"pcid": lead.pcid, "status": "sold", "price": "19"}
+        answers.append(call_back(path, body).status_code)
+        original(driver, row, outcome)
+
+    monkeypatch.setattr(pingtree._Driver, "_park", callback_first)
+    dist = start_distribution(lead)
+
+    assert answers == [200]
+    dist.refresh_from_db()
+    assert dist.status == "sold", dist.reason
+    assert dist.revenue == Decimal("19") and rows(dist)["Async offer"].is_sold
+    assert buyers.total("/backup") == 0
+
+
+def test_a_recreated_endpoint_with_the_same_webhook_id_still_sells_the_waiting_lead(
+    setup: LeadSetup, tree: Tree, buyers: Buyers
+) -> None:
+    """The operator deletes the endpoint and makes a new one with the same webhook id
+    while a lead waits: the buyer's URL is unchanged and its callback sells the lead."""
+    endpoint, path = pcid_endpoint(tree)
+    tree.tier("waterfall", async_buyer(tree, buyers, webhook_id="wh_async"))
+    lead = tree.lead()
+    dist = start_distribution(lead)
+    assert dist.status == "waiting"
+
+    webhooks.endpoint_delete(endpoint=endpoint)
+    gone = call_back(path, {"pcid": lead.pcid, "status": "sold", "price": "5"})
+    assert gone.status_code == 404 and gone.content == NOT_FOUND_BYTES
+    again, token = webhooks.endpoint_create(
+        workspace=tree.ws, name="Async buyer callbacks", webhook_id="wh_async"
+    )
+    assert f"/webhooks/{again.webhook_id}/{token}/" == path
+
+    answer = call_back(path, {"pcid": lead.pcid, "status": "sold", "price": "26"})
+    assert answer.status_code == 200
+    dist.refresh_from_db()
+    assert dist.status == "sold" and dist.revenue == Decimal("26")
+    assert WaitingWebhook.objects.get(lead=lead).endpoint_id == again.pk
