@@ -727,3 +727,36 @@ def test_a_recreated_endpoint_with_the_same_webhook_id_still_sells_the_waiting_l
     dist.refresh_from_db()
     assert dist.status == "sold" and dist.revenue == Decimal("26")
     assert WaitingWebhook.objects.get(lead=lead).endpoint_id == again.pk
+
+
+def test_a_callback_at_the_moment_the_timeout_fires_counts_instead_of_the_timeout(
+    setup: LeadSetup, tree: Tree, buyers: Buyers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's deadline passed and the sweeper is running its timeout visit when the
+    buyer's callback claims the waiting row: the callback counts (the lead is sold at its
+    price), the timeout does not, and the backup is never asked."""
+    _endpoint, path = pcid_endpoint(tree)
+    tree.tier("waterfall", async_buyer(tree, buyers, webhook_id="wh_async", timeout_seconds=30),
+              tree.offer("Backup offer", post=buyers.json("/backup")))  # fmt: skip
+    lead = tree.lead()
+    dist = start_distribution(lead)
+    assert dist.status == "waiting"
+    answers: list[int] = []
+    original = webhooks.waiting_expire
+
+    def callback_meanwhile(*, call: Any, config: Any) -> Any:
+        body = {"pcid": lead.pcid, "status": "sold", "price": "23"}
+        answers.append(call_back(path, body).status_code)
+        return original(call=call, config=config)
+
+    monkeypatch.setattr(webhooks, "waiting_expire", callback_meanwhile)
+    with time_machine.travel(timezone.now() + timedelta(seconds=31), tick=True):
+        engine.engine_sweep()
+
+    assert answers == [200]
+    run = ScenarioRun.objects.get(pk=rows(dist)["Async offer"].post_run_id)
+    assert run.status == "succeeded"
+    assert WaitingWebhook.objects.get(lead=lead).status == "matched"
+    dist.refresh_from_db()
+    assert dist.status == "sold" and dist.revenue == Decimal("23")
+    assert rows(dist)["Async offer"].is_sold and buyers.total("/backup") == 0
