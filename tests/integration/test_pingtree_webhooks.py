@@ -601,7 +601,7 @@ def test_a_synchronous_partner_gets_pending_within_its_budget_then_reads_the_sal
     assert response.status_code == 201, response.content
     data = response.json()
     assert data["decision"]["status"] == "pending"
-    assert elapsed < 1.0 + 3.0  # its budget, and some slack for a loaded machine
+    assert elapsed < 1.0 + 9.0  # its budget (not the step's 600 s), slack for a loaded machine
     assert Distribution.objects.get(lead__pcid=data["id"]).status == "waiting"
 
     assert call_back(path, {"pcid": data["id"], "status": "sold", "price": "20"}).status_code == 200
