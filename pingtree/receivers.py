@@ -67,6 +67,9 @@ def on_lead_decided(sender: Any, lead_id: int, status: str, **kwargs: Any) -> No
 
 
 def on_run_finished(sender: Any, run_id: int, **kwargs: Any) -> None:
+    variables = kwargs.get("variables")
+    if variables is not None and "DISTRIBUTION_ID" not in variables:
+        return  # not a buyer's run of a distribution: no query for it
     from pingtree import services
 
     services.distribution_on_run_finished(run_id=run_id)

@@ -15,6 +15,7 @@ How a step runs exactly once:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -665,7 +666,7 @@ def _run_settle(
         else:
             run.status = RunStatus.SUCCEEDED
         run.finished_at = now
-        _announce_finished(run.pk, run.status, run.result)
+        _announce_finished(run.pk, run.status, run.result, run.variables)
     elif not any(status == StepStatus.RUNNING or due_at <= now for status, due_at in live):
         run.status = RunStatus.WAITING
     else:
@@ -673,9 +674,13 @@ def _run_settle(
     run.save(update_fields=["status", "reason", "variables", "counters", "finished_at", "result"])
 
 
-def _announce_finished(run_id: int, status: str, result: dict[str, Any]) -> None:
+def _announce_finished(
+    run_id: int, status: str, result: dict[str, Any], variables: dict[str, Any]
+) -> None:
     transaction.on_commit(
-        lambda: run_finished.send(sender=ScenarioRun, run_id=run_id, status=status, result=result),
+        lambda: run_finished.send(
+            sender=ScenarioRun, run_id=run_id, status=status, result=result, variables=variables
+        ),
         robust=True,
     )
 
@@ -696,8 +701,10 @@ def _run_finish_early(*, run_id: int, status: str, reason: str) -> bool:
             RunStep.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, finished_at=now, output={"ended": reason[:500]}
             )
-            result = ScenarioRun.objects.filter(pk=run_id).values_list("result", flat=True).first()
-            _announce_finished(run_id, status, result or {})
+            result, variables = ScenarioRun.objects.filter(pk=run_id).values_list(
+                "result", "variables"
+            ).first() or ({}, {})
+            _announce_finished(run_id, status, result or {}, variables or {})
     if ended:
         log.info("engine.run_ended_early", run_id=run_id, status=status, reason=reason)
     return bool(ended)
@@ -1112,7 +1119,8 @@ def _record_end_fast(
         json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None,
         str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,
     ]  # fmt: skip
-    with transaction.atomic():
+    # A linear scenario has no other branch: the statement alone is the transaction.
+    with transaction.atomic() if not graph.is_linear else contextlib.nullcontext():
         if not graph.is_linear:
             # Another branch may end at the same moment: the lock orders the two, so the
             # second sees the first's step finished and finishes the run.
@@ -1132,7 +1140,7 @@ def _record_end_fast(
             run.result = dict(effect.outcome)
         run.status, run.reason, run.finished_at = status, reason, finished_at
         if status in ScenarioRun.FINISHED:
-            _announce_finished(run.pk, status, run.result)
+            _announce_finished(run.pk, status, run.result, run.variables)
 
 
 def engine_sweep(*, limit: int = 500, send: bool = True) -> int:
