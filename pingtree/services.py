@@ -1541,7 +1541,17 @@ def distribution_decision(dist: Distribution | None) -> dict[str, Any]:
 
 def distribution_await(lead: Lead, budget_seconds: float) -> dict[str, Any]:
     """A partner waits synchronously: drive the lead's distribution in this process
-    within the budget (or wait for the worker that has it), then answer."""
+    within the budget (or wait for the worker that has it), then answer. The lead is
+    saved already: whatever goes wrong here, the partner is told pending (the sweeper
+    re-drives the distribution), never an error."""
+    try:
+        return _distribution_await(lead, budget_seconds)
+    except Exception:
+        log.exception("pingtree.sync_decision_failed", lead_id=lead.pcid)
+        return distribution_decision(None)
+
+
+def _distribution_await(lead: Lead, budget_seconds: float) -> dict[str, Any]:
     until = time.monotonic() + max(budget_seconds, 0.0)
     dist = Distribution.objects.filter(lead_id=lead.pk).first()
     while True:

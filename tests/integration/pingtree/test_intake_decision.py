@@ -161,3 +161,21 @@ def test_schema_documents_the_decision_options(client):
         pytest.skip("no schema URL")
     text = schema.content.decode()
     assert '"decision"' in text and '"wait"' in text and "Decision" in text
+
+
+def test_a_failure_while_deciding_answers_pending_never_an_error(
+    client, setup, tree, buyers, monkeypatch
+):
+    from pingtree import services
+
+    sync_partner(setup)
+    tree.tier("waterfall", tree.offer("Buyer", post=buyers.json("/b")))
+
+    def broken(**kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(services, "distribution_run", broken)
+    response = post(client, setup, setup.valid_payload())
+    assert response.status_code == 201
+    assert response.json()["decision"]["status"] == "pending"
+    assert Lead.objects.filter(pcid=response.json()["id"]).exists()
