@@ -424,7 +424,7 @@ def engine_loop(fx: dict[str, Any], n: int, tally: Tally) -> float:
     chain, lead = fx["chain"], fx["lead"]
     start = time.perf_counter()
     for _ in range(n):
-        run = run_start(integration=chain, lead=lead)
+        run = run_start(integration=chain, lead=lead, claim=True)
         run = run_drive(run_id=run.pk, deadline_seconds=30)
         tally.scenarios += 1
         if run.status != "succeeded":
@@ -542,7 +542,7 @@ def step_part(fx: dict[str, Any], args: argparse.Namespace) -> tuple[float, list
     )
     holder: dict[str, int] = {}
     n_start = statements(
-        lambda: holder.update(run=run_start(integration=fx["chain"], lead=lead).pk)
+        lambda: holder.update(run=run_start(integration=fx["chain"], lead=lead, claim=True).pk)
     )
     n_drive = statements(lambda: run_drive(run_id=holder["run"], deadline_seconds=30))
     executed = RunStep.objects.filter(run_id=holder["run"]).count()

@@ -64,6 +64,7 @@ def run_replay(*, run: ScenarioRun, deadline_seconds: float = DRIVE_SECONDS) -> 
         meaning=run.meaning,
         variables=dict(variables or {}),
         dry_run=run.is_dry_run,
+        claim=True,
     )
     return run_drive(run_id=new.pk, deadline_seconds=deadline_seconds)
 
@@ -75,7 +76,9 @@ def run_sample(
     values = json.loads(
         json.dumps(sample_context(workspace_id=integration.workspace_id), default=str)
     )
-    run = run_start(integration=integration, meaning=meaning, variables=values, dry_run=True)
+    run = run_start(
+        integration=integration, meaning=meaning, variables=values, dry_run=True, claim=True
+    )
     return run_drive(run_id=run.pk, deadline_seconds=deadline_seconds)
 
 

@@ -109,6 +109,7 @@ def run_start(
     dry_run: bool = False,
     trigger: str = "default",
     deadline_seconds: float | None = None,
+    claim: bool = False,
 ) -> ScenarioRun:
     """Create a run, execute its matching start elements (same step meaning and
     trigger: ``default``, ``action``, ``webhook``) and leave the steps they lead to due
@@ -117,7 +118,10 @@ def run_start(
     run (run_drive), enqueues its steps, or leaves them to the sweeper. With
     ``deadline_seconds`` the run is timed out if still unfinished by then. An
     integration without any element gets its default scenario first
-    (``scenario_default_build``)."""
+    (``scenario_default_build``). ``claim``: this thread drives the run at once
+    (run_drive): on PostgreSQL outside a transaction its first steps are written
+    already claimed for it, which saves the driver's claim (a caller that then does not
+    drive leaves them to the sweeper once their lease is over)."""
     state = step_cache.integration_state(integration.pk)
     graph = graph_get(integration.pk, version=state[1] if state else None)
     if not graph.elements and scenario_default_build(integration=integration):
@@ -174,7 +178,9 @@ def run_start(
         )  # fmt: skip
         next_by_start.append(next_elements)
     if connection.vendor == "postgresql" and any(next_by_start):
-        _run_insert(run, start_steps, next_by_start, now)
+        claim = claim and not connection.in_atomic_block
+        _run_insert(run, start_steps, next_by_start, now, claim=claim, graph=graph)
+        _just_started.state = state
         log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk)
         return run
     with transaction.atomic():
@@ -205,7 +211,13 @@ _just_started = threading.local()
 
 
 def _run_insert(
-    run: ScenarioRun, start_steps: list[RunStep], next_by_start: list[list[Element]], now: Any
+    run: ScenarioRun,
+    start_steps: list[RunStep],
+    next_by_start: list[list[Element]],
+    now: Any,
+    *,
+    claim: bool,
+    graph: Any,
 ) -> None:
     """PostgreSQL: the run, its starts (done) and the steps they lead to (due now), in
     one statement: one round trip and one commit for every run a partner waits on."""
@@ -218,14 +230,17 @@ def _run_insert(
     start_values = ", ".join(["(%s::bigint, %s::jsonb, %s::jsonb)"] * len(start_steps))
     for step in start_steps:
         params += [step.element_id, json.dumps(step.output), json.dumps(step.input)]
-    pairs = [
-        (step.element_id, kid.pk)
+    triples = [
+        (step.element_id, kid.pk, _lease_start(graph.acting(kid), now) if claim else None)
         for step, kids in zip(start_steps, next_by_start, strict=True)
         for kid in kids
     ]
-    kid_values = ", ".join(["(%s::bigint, %s::bigint)"] * len(pairs))
-    params += [value for pair in pairs for value in pair]
-    params += [run.workspace_id, now, json.dumps({"outcome": _EMPTY_OUTCOME})]
+    kid_values = ", ".join(["(%s::bigint, %s::bigint, %s::timestamptz)"] * len(triples))
+    params += [value for triple in triples for value in triple]
+    params += [
+        run.workspace_id, "running" if claim else "pending", now,
+        json.dumps({"outcome": _EMPTY_OUTCOME}), now if claim else None,
+    ]  # fmt: skip
     sql = (
         f"WITH r AS (INSERT INTO {run_t} ({columns}) VALUES ({placeholders}) RETURNING id), "  # noqa: S608
         f"s AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, status, due_at, "
@@ -233,19 +248,38 @@ def _run_insert(
         "SELECT %s, r.id, v.element_id, 'done', %s, 1, v.input, v.output, %s, %s, 0 "
         f"FROM r CROSS JOIN (VALUES {start_values}) AS v(element_id, output, input) "
         "RETURNING id, element_id), "
-        f"p AS (SELECT * FROM (VALUES {kid_values}) AS p(start_element, element_id)), "
+        "p AS (SELECT * FROM (VALUES "  # noqa: S608
+        f"{kid_values}) AS p(start_element, element_id, claimed_at)), "
         f"k AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, parent_step_id, "
-        "status, due_at, attempt, input, output) "
-        "SELECT %s, r.id, p.element_id, s.id, 'pending', %s, 1, %s::jsonb, '{}'::jsonb "
-        "FROM r CROSS JOIN s JOIN p ON p.start_element = s.element_id RETURNING id) "
-        "SELECT (SELECT id FROM r), (SELECT count(*) FROM k)"
+        "status, due_at, attempt, input, output, claimed_at, started_at) "
+        "SELECT %s, r.id, p.element_id, s.id, %s, %s, 1, %s::jsonb, '{}'::jsonb, "
+        "p.claimed_at, %s::timestamptz "
+        "FROM r CROSS JOIN s JOIN p ON p.start_element = s.element_id "
+        "RETURNING id, element_id) "
+        "SELECT (SELECT id FROM r), (SELECT array_agg(id ORDER BY id) FROM k), "
+        "(SELECT array_agg(element_id ORDER BY id) FROM k)"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        run.pk, _count = cursor.fetchone()
+        run.pk, kid_ids, kid_elements = cursor.fetchone()
     run._state.adding = False
     run._state.db = connection.alias
     _just_started.run = run
+    _just_started.claims = (
+        [
+            _Claim(kid_id, element_id, 1, {"outcome": dict(_EMPTY_OUTCOME), LEASE_SET_KEY: True})
+            for kid_id, element_id in zip(kid_ids or (), kid_elements or (), strict=True)
+        ]
+        if claim
+        else []
+    )
+
+
+def _lease_start(element: Element, now: Any) -> Any:
+    """claimed_at of a step claimed now: a request's lease starts at its deadline."""
+    if element.kind == Kind.REQUEST and element.request_step is not None:
+        return now + timedelta(seconds=element.request_step.timeout_seconds)
+    return now
 
 
 def scenario_default_build(*, integration: Integration) -> int:
@@ -850,8 +884,11 @@ def _drive_in_process(*, run_id: int, deadline: float) -> ScenarioRun | None:
     """Drive until nothing of the run is due (returns the run as it now is) or the
     deadline passes (returns None: the caller hands what is left to the workers)."""
     run = getattr(_just_started, "run", None)
-    _just_started.run = None
+    claims: list[_Claim] = getattr(_just_started, "claims", None) or []
+    state = getattr(_just_started, "state", None)
+    _just_started.run, _just_started.claims, _just_started.state = None, [], None
     if run is None or run.pk != run_id or connection.in_atomic_block:
+        claims, state = [], None
         run = (
             ScenarioRun.objects.select_related(
                 "integration__workspace", "lead__workspace", "lead__partner", "lead__structure"
@@ -862,20 +899,27 @@ def _drive_in_process(*, run_id: int, deadline: float) -> ScenarioRun | None:
     if run is None:
         return None
     while time.monotonic() < deadline:
-        queue = deque(_claim_due(run_id))
+        # The steps run_start claimed for this thread, then whatever is due.
+        queue = deque(claims) if claims else deque(_claim_due(run_id))
+        claims = []
         if not queue:
             return run
         while queue:
             if time.monotonic() >= deadline:
                 _unclaim([claim.id for claim in queue])
                 return None
-            queue.extend(_execute_claimed(run, queue.popleft()))
+            # The integration's state read by run_start a moment ago serves its first
+            # step; every later step reads it again.
+            queue.extend(_execute_claimed(run, queue.popleft(), state=state))
+            state = None
         if run.status in ScenarioRun.FINISHED:
             return run
     return None
 
 
-def _execute_claimed(run: ScenarioRun, claim: _Claim) -> list[_Claim]:
+def _execute_claimed(
+    run: ScenarioRun, claim: _Claim, *, state: tuple[str, int] | None = None
+) -> list[_Claim]:
     """Execute one step this driver holds; return the next steps it holds now."""
     now = timezone.now()
     if run.status not in ScenarioRun.FINISHED and run.deadline_at and run.deadline_at <= now:
@@ -886,7 +930,8 @@ def _execute_claimed(run: ScenarioRun, claim: _Claim) -> list[_Claim]:
             status=StepStatus.SKIPPED, finished_at=now, output={"ended": f"the run is {run.status}"}
         )
         return []
-    state = step_cache.integration_state(run.integration_id)
+    if state is None:
+        state = step_cache.integration_state(run.integration_id)
     graph = graph_get(run.integration_id, version=state[1] if state else None)
     element = graph.elements.get(claim.element_id)
     if state is None or element is None:

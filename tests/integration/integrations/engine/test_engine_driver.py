@@ -1,0 +1,118 @@
+"""The in-process driver outside a transaction (as a web request or a pool thread uses
+it): run_start(claim=True) hands its first steps to the driver of this thread, each
+plain step is one statement, a claimed step nobody drives goes back through the sweeper,
+and the driver never runs a step another process holds."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from integrations.engine import services as engine
+from integrations.models import (
+    Connection,
+    Element,
+    Integration,
+    RequestLog,
+    RequestStep,
+    ResponseCapture,
+    ResponseRule,
+    RunStep,
+)
+from structures.models import Lead
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif("connection.vendor != 'postgresql'"),
+]
+Kind = Element.Kind
+
+
+@pytest.fixture
+def chain(lead_setup, httpserver):
+    """start -> r1 -> r2 -> r3, each a JSON POST capturing the buyer's status."""
+    ws = lead_setup.workspace
+    httpserver.expect_request("/buyer").respond_with_data(
+        json.dumps({"status": "ok"}), content_type="application/json"
+    )
+    integration = Integration.objects.create(workspace=ws, name="Chain", status="enabled")
+    previous = Element.objects.create(
+        workspace=ws, integration=integration, kind=Kind.START, name="start"
+    )
+    for n in range(3):
+        step = RequestStep.objects.create(
+            workspace=ws, integration=integration, url=httpserver.url_for("/buyer"), position=n
+        )
+        ResponseRule.objects.create(request=step, key="status", value="ok")
+        ResponseCapture.objects.create(
+            request=step, key="status", target="variable", target_name=f"s{n}"
+        )
+        element = Element.objects.create(
+            workspace=ws, integration=integration, kind=Kind.REQUEST, name=f"r{n}",
+            request_step=step,
+        )  # fmt: skip
+        Connection.objects.create(
+            workspace=ws, integration=integration, from_element=previous, to_element=element
+        )
+        previous = element
+    lead = Lead.objects.create(
+        workspace=ws, structure=lead_setup.structure, partner=lead_setup.partner,
+        source="api", status="approved", data={"g_email": "jane@example.com"},
+    )  # fmt: skip
+    return integration, lead
+
+
+def test_a_claimed_run_is_driven_in_one_statement_per_step(chain, httpserver):
+    integration, lead = chain
+    engine.run_drive(  # warm: the graph and the statements are cached after this one
+        run_id=engine.run_start(integration=integration, lead=lead, claim=True).pk,
+        deadline_seconds=10,
+    )
+    with CaptureQueriesContext(connection) as captured:
+        run = engine.run_start(integration=integration, lead=lead, claim=True)
+        run = engine.run_drive(run_id=run.pk, deadline_seconds=10)
+    assert run.status == "succeeded"
+    assert run.variables == {"s0": "ok", "s1": "ok", "s2": "ok"}
+    assert run.result["kind"] == "accepted"
+    # run_start: the integration's state and one insert; then per request one state
+    # read (the first reuses run_start's) and one statement recording it with its log.
+    assert len(captured.captured_queries) == 2 + 2 + 2 + 1
+    assert RequestLog.objects.filter(run_step__run=run).count() == 3
+    steps = RunStep.objects.filter(run=run).order_by("id")
+    assert [s.status for s in steps] == ["done"] * 4
+    assert all(s.attempt == 1 and s.finished_at for s in steps)
+
+
+def test_claimed_steps_nobody_drives_go_back_through_the_sweeper(chain, httpserver):
+    integration, lead = chain
+    run = engine.run_start(integration=integration, lead=lead, claim=True)
+    (first,) = RunStep.objects.filter(run=run, status=RunStep.Status.RUNNING)
+    # A request's lease starts at its deadline: not handed out while it could be in flight.
+    assert first.claimed_at >= timezone.now() + timedelta(seconds=30)
+    engine.engine_sweep(send=False)
+    assert RunStep.objects.get(pk=first.pk).status == RunStep.Status.RUNNING
+    with time_machine.travel(first.claimed_at + timedelta(seconds=engine.LEASE_SECONDS + 1)):
+        engine.engine_sweep(send=False)  # the lease ran out: pending again, attempt 2
+        assert engine.steps_drive(deadline_seconds=10) >= 3
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert RunStep.objects.get(pk=first.pk).attempt == 2
+    assert len(httpserver.log) == 3  # each request sent once
+
+
+def test_a_step_another_process_holds_is_not_run_by_the_driver(chain, httpserver):
+    integration, lead = chain
+    run = engine.run_start(integration=integration, lead=lead)  # not claimed
+    step = RunStep.objects.get(run=run, status=RunStep.Status.PENDING)
+    RunStep.objects.filter(pk=step.pk).update(
+        status=RunStep.Status.RUNNING, claimed_at=timezone.now()
+    )  # a worker holds it
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=2, hand_off=False)
+    assert run.status == "running"
+    assert len(httpserver.log) == 0
