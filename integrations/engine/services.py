@@ -125,7 +125,10 @@ def run_start(
     state = step_cache.integration_state(integration.pk)
     graph = graph_get(integration.pk, version=state[1] if state else None)
     if not graph.elements and scenario_default_build(integration=integration):
-        graph = graph_get(integration.pk, version=None)
+        # The build bumped the version: read it again, or the driver would look for the
+        # new elements in the empty graph cached under the old one.
+        state = step_cache.integration_state(integration.pk)
+        graph = graph_get(integration.pk, version=state[1] if state else None)
     starts = sorted(
         (
             element
@@ -930,10 +933,16 @@ def _execute_claimed(
             status=StepStatus.SKIPPED, finished_at=now, output={"ended": f"the run is {run.status}"}
         )
         return []
+    reused = state is not None
     if state is None:
         state = step_cache.integration_state(run.integration_id)
     graph = graph_get(run.integration_id, version=state[1] if state else None)
     element = graph.elements.get(claim.element_id)
+    if element is None and reused:
+        # The state handed over by run_start is older than this element: read it now.
+        state = step_cache.integration_state(run.integration_id)
+        graph = graph_get(run.integration_id, version=state[1] if state else None)
+        element = graph.elements.get(claim.element_id)
     if state is None or element is None:
         return []  # the integration or the element was deleted: its steps went with it
     step = RunStep(

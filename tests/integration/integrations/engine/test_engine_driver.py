@@ -116,3 +116,26 @@ def test_a_step_another_process_holds_is_not_run_by_the_driver(chain, httpserver
     run = engine.run_drive(run_id=run.pk, deadline_seconds=2, hand_off=False)
     assert run.status == "running"
     assert len(httpserver.log) == 0
+
+
+def test_a_library_integration_runs_on_its_first_run_outside_a_transaction(lead_setup, httpserver):
+    """Its default scenario is built by that first run_start, which bumps the version:
+    the driver must not look for the new elements in the graph of the old one."""
+    from integrations.portability import integration_import, library_entry
+
+    httpserver.expect_request("/ping").respond_with_json({"status": "accepted", "bid": 7})
+    entry = json.loads(json.dumps(library_entry("generic-json-buyer")))
+    for request in entry["requests"]:
+        request["url"] = httpserver.url_for("/" + request["meaning"])
+    integration = integration_import(
+        workspace_id=lead_setup.workspace.pk, data=entry, status="enabled"
+    )
+    lead = Lead.objects.create(
+        workspace=lead_setup.workspace, structure=lead_setup.structure,
+        partner=lead_setup.partner, source="api", status="approved", data={"g_zip": "90210"},
+    )  # fmt: skip
+    for claim in (False, True):
+        run = engine.run_start(integration=integration, lead=lead, meaning="ping", claim=claim)
+        run = engine.run_drive(run_id=run.pk, deadline_seconds=10, hand_off=False)
+        assert run.status == "succeeded", claim
+        assert float(run.result["captured"]["price"]) == 7
