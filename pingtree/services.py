@@ -183,9 +183,10 @@ class _PingCall:
         with self.lock:
             if self.abandoned:
                 return None
+        # Started and driven in this pool thread: its first steps are claimed for us.
         run = engine.run_start(
             integration=integration, lead=lead, meaning="ping", variables=variables,
-            deadline_seconds=seconds,
+            deadline_seconds=seconds, claim=True,
         )  # fmt: skip
         with self.lock:
             self.run_id = run.pk
