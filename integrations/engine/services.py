@@ -1009,43 +1009,72 @@ def _is_plain(effect: Effect) -> bool:
     )
 
 
-def _record_fast_sql(kids: int, with_log: bool) -> str:
-    key = ("record", kids, with_log)
+# Both fast records finish their step the same way: only while it is still ours.
+_DONE_SET = (
+    "SET status = 'done', output = %s::jsonb, finished_at = %s, duration_ms = %s "
+    "WHERE id = %s AND status = 'running' AND attempt = %s"
+)
+
+
+def _statement(key: Any, with_log: bool, ctes: list[str], columns: list[str]) -> str:
+    """``WITH [lg: the call's log row,] <ctes> SELECT <done count>, <log id>, <columns>``,
+    built once per process and shape."""
     sql = _sql_cache.get(key)
-    if sql is not None:
-        return sql
+    if sql is None:
+        parts = [f"lg AS ({services.log_insert_sql_text()})"] if with_log else []
+        head = ["(SELECT count(*) FROM done)", "(SELECT id FROM lg)" if with_log else "NULL"]
+        sql = _sql_cache[key] = (
+            "WITH " + ", ".join(parts + ctes) + " SELECT " + ", ".join(head + columns)
+        )
+    return sql
+
+
+def _record_params(
+    step: RunStep, effect: Effect, entry: Any, started: float, **extra: Any
+) -> tuple[list[Any], datetime]:
+    """The parameters every fast record starts with (the log row's, then the finished
+    step's) and the time it records at; ``extra`` goes into the step's output."""
+    params: list[Any] = []
+    if entry is not None:
+        # First: the log row's time must fall within the step's (the run timeline
+        # pairs them by time for rows written before logs named their step).
+        params.extend(services.log_insert_sql(entry)[1])
+    now = timezone.now()
+    output: dict[str, Any] = {"outcome": effect.outcome}
+    if effect.variables:
+        output["variables"] = effect.variables
+    output.update(extra)
+    params += [
+        json.dumps(output), now, int((time.monotonic() - started) * 1000), step.pk, step.attempt,
+    ]  # fmt: skip
+    return params, now
+
+
+def _record_fast_sql(kids: int, with_log: bool) -> str:
     step_t, run_t = _tables()
-    parts = []
-    if with_log:
-        parts.append(f"lg AS ({services.log_insert_sql_text()})")
-    parts.append(
-        f"done AS (UPDATE {step_t} SET status = 'done', output = %s::jsonb, "  # noqa: S608
-        "finished_at = %s, duration_ms = %s WHERE id = %s AND status = 'running' "
-        f"AND attempt = %s AND EXISTS (SELECT 1 FROM {run_t} "
+    ctes = [
+        f"done AS (UPDATE {step_t} {_DONE_SET} AND EXISTS (SELECT 1 FROM {run_t} "  # noqa: S608
         "WHERE id = %s AND status IN ('running', 'waiting')) RETURNING id)"
-    )
-    parts.append(
+    ]
+    ctes.append(
         f"upd AS (UPDATE {run_t} SET variables = variables || %s::jsonb, "  # noqa: S608
         "result = COALESCE(%s::jsonb, result), status = 'running' "
         "WHERE id = %s AND status IN ('running', 'waiting') "
         "AND EXISTS (SELECT 1 FROM done) RETURNING id)"
     )
     values = ", ".join(["(%s::bigint, %s::jsonb, %s::timestamptz)"] * kids)
-    parts.append(
+    ctes.append(
         f"kids AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, parent_step_id, "  # noqa: S608
         "status, due_at, enqueued_at, claimed_at, started_at, attempt, input, output) "
         "SELECT %s, %s, v.element_id, done.id, 'running', %s, %s, v.claimed_at, %s, 1, "
         f"v.input, '{{}}'::jsonb FROM done CROSS JOIN (VALUES {values}) "
         "AS v(element_id, input, claimed_at) ON CONFLICT DO NOTHING RETURNING id, element_id)"
     )
-    log_id = "(SELECT id FROM lg)" if with_log else "NULL"
-    sql = (
-        "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM done), "  # noqa: S608
-        f"{log_id}, (SELECT array_agg(id ORDER BY id) FROM kids), "
-        "(SELECT array_agg(element_id ORDER BY id) FROM kids)"
-    )
-    _sql_cache[key] = sql
-    return sql
+    columns = [
+        "(SELECT array_agg(id ORDER BY id) FROM kids)",
+        "(SELECT array_agg(element_id ORDER BY id) FROM kids)",
+    ]
+    return _statement(("record", kids, with_log), with_log, ctes, columns)
 
 
 def _record_fast(
@@ -1057,20 +1086,11 @@ def _record_fast(
     graph: Any,
     started: float,
 ) -> list[_Claim]:
-    params: list[Any] = []
-    if entry is not None:
-        # First: the log row's time must fall within the step's (the run timeline
-        # pairs them by time).
-        params.extend(services.log_insert_sql(entry)[1])
-    now = timezone.now()
-    output: dict[str, Any] = {"outcome": effect.outcome}
-    if effect.variables:
-        output["variables"] = effect.variables
+    params, now = _record_params(step, effect, entry, started)
     is_answer = graph.acting(step.element).kind == Kind.REQUEST and effect.outcome.get("kind")
     kid_input = {"outcome": effect.outcome}
     params += [
-        json.dumps(output), now, int((time.monotonic() - started) * 1000), step.pk,
-        step.attempt, run.pk,
+        run.pk,
         json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None, run.pk,
         run.workspace_id, run.pk, now, now, now,
     ]  # fmt: skip
@@ -1106,26 +1126,15 @@ def _record_fast(
 
 
 def _record_end_fast_sql(with_log: bool) -> str:
-    key = ("end", with_log)
-    sql = _sql_cache.get(key)
-    if sql is not None:
-        return sql
     step_t, run_t = _tables()
-    parts = []
-    if with_log:
-        parts.append(f"lg AS ({services.log_insert_sql_text()})")
-    parts.append(
-        f"done AS (UPDATE {step_t} SET status = 'done', output = %s::jsonb, "  # noqa: S608
-        "finished_at = %s, duration_ms = %s WHERE id = %s AND status = 'running' "
-        "AND attempt = %s RETURNING id)"
-    )
+    ctes = [f"done AS (UPDATE {step_t} {_DONE_SET} RETURNING id)"]  # noqa: S608
     # Read after the run's row lock was taken (a statement of its own, just before):
     # this statement's snapshot sees every other branch's committed steps.
-    parts.append(
+    ctes.append(
         f"live AS (SELECT status, due_at FROM {step_t} WHERE run_id = %s "  # noqa: S608
         "AND status IN ('pending', 'running') AND id <> %s)"
     )
-    parts.append(
+    ctes.append(
         f"upd AS (UPDATE {run_t} SET variables = variables || %s::jsonb, "  # noqa: S608
         "result = COALESCE(%s::jsonb, result), "
         "status = CASE WHEN NOT EXISTS (SELECT 1 FROM live) THEN "
@@ -1138,14 +1147,9 @@ def _record_end_fast_sql(with_log: bool) -> str:
         "WHERE id = %s AND status IN ('running', 'waiting') AND EXISTS (SELECT 1 FROM done) "
         "RETURNING status, reason, finished_at)"
     )
-    log_id = "(SELECT id FROM lg)" if with_log else "NULL"
-    sql = (
-        "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM done), "  # noqa: S608
-        f"{log_id}, (SELECT status FROM upd), (SELECT reason FROM upd), "
-        "(SELECT finished_at FROM upd)"
-    )
-    _sql_cache[key] = sql
-    return sql
+    columns = ["(SELECT status FROM upd)", "(SELECT reason FROM upd)"]
+    columns.append("(SELECT finished_at FROM upd)")
+    return _statement(("end", with_log), with_log, ctes, columns)
 
 
 def _record_end_fast(
@@ -1154,21 +1158,16 @@ def _record_end_fast(
     """A plain step that leads nowhere: its branch ends here, and the run with it when
     nothing else of it is live. Under the run's row lock (a parallel branch may end at
     the same moment), in one statement after the lock."""
-    params: list[Any] = []
-    if entry is not None:
-        params.extend(services.log_insert_sql(entry)[1])
-    now = timezone.now()
-    output: dict[str, Any] = {"outcome": effect.outcome}
-    if effect.variables:
-        output["variables"] = effect.variables
-    output["ended"] = "no connection matched" if step.element_id in graph.outgoing else "end"
+    params, now = _record_params(
+        step, effect, entry, started,
+        ended="no connection matched" if step.element_id in graph.outgoing else "end",
+    )  # fmt: skip
     is_answer = graph.acting(step.element).kind == Kind.REQUEST and effect.outcome.get("kind")
     if effect.outcome.get("kind") in FAILING_KINDS and not run.is_dry_run:
         final_status, final_reason = RunStatus.FAILED, str(effect.outcome.get("reason") or "")
     else:
         final_status, final_reason = RunStatus.SUCCEEDED, None
     params += [
-        json.dumps(output), now, int((time.monotonic() - started) * 1000), step.pk, step.attempt,
         run.pk, step.pk,
         json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None,
         str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,

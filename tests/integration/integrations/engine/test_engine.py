@@ -95,23 +95,6 @@ def answers(httpserver, *statuses, path="/buyer", delay=0.0, code=200):
     return httpserver.url_for(path)
 
 
-@pytest.fixture
-def lead(lead_setup):
-    return Lead.objects.create(
-        workspace=lead_setup.workspace,
-        structure=lead_setup.structure,
-        partner=lead_setup.partner,
-        source="api",
-        status="approved",
-        data={"g_first_name": "Jane", "g_email": "jane@example.com"},
-    )
-
-
-@pytest.fixture
-def sc(lead_setup):
-    return Scenario(lead_setup)
-
-
 def due_step(run):
     """The one step run_start left due (the start itself is recorded done there)."""
     return RunStep.objects.get(run=run, status=RunStep.Status.PENDING).pk

@@ -18,28 +18,11 @@ from integrations.engine.overrides import OVERRIDES_KEY, spec_apply_overrides
 from integrations.models import Element, RequestLog, RunStep, ScenarioRun
 from integrations.spec import Method, RequestSpec
 from structures.models import Lead
-from tests.integration.integrations.engine.test_engine import START, Scenario, answers
+from tests.integration.integrations.engine.test_engine import START, answers
 
 pytestmark = pytest.mark.django_db
 Kind = Element.Kind
 Status = ScenarioRun.Status
-
-
-@pytest.fixture
-def lead(lead_setup):
-    return Lead.objects.create(
-        workspace=lead_setup.workspace,
-        structure=lead_setup.structure,
-        partner=lead_setup.partner,
-        source="api",
-        status="approved",
-        data={"g_first_name": "Jane", "g_email": "jane@example.com"},
-    )
-
-
-@pytest.fixture
-def sc(lead_setup):
-    return Scenario(lead_setup)
 
 
 def waiting_run(sc, lead, *, seconds=3600, **kwargs):

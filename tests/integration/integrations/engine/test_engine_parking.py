@@ -13,28 +13,10 @@ from integrations.engine import registry
 from integrations.engine import services as engine
 from integrations.engine.signals import run_finished
 from integrations.models import Element, RunStep, ScenarioRun
-from structures.models import Lead
-from tests.integration.integrations.engine.test_engine import Scenario, answers
+from tests.integration.integrations.engine.test_engine import answers
 
 pytestmark = pytest.mark.django_db
 Kind = Element.Kind
-
-
-@pytest.fixture
-def lead(lead_setup):
-    return Lead.objects.create(
-        workspace=lead_setup.workspace,
-        structure=lead_setup.structure,
-        partner=lead_setup.partner,
-        source="api",
-        status="approved",
-        data={"g_first_name": "Jane", "g_email": "jane@example.com"},
-    )
-
-
-@pytest.fixture
-def sc(lead_setup):
-    return Scenario(lead_setup)
 
 
 @pytest.fixture
