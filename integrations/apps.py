@@ -7,4 +7,10 @@ class IntegrationsConfig(AppConfig):
 
     def ready(self) -> None:
         # Connects the signals that bump Integration.config_version on every change.
-        from integrations import step_cache  # noqa: F401
+        # Every task registered with the Celery app when Django starts, not when some
+        # code first imports its module (a fault-test session sent to an app that had
+        # been finalized without them: NotRegistered).
+        from integrations import (
+            step_cache,  # noqa: F401
+            tasks,  # noqa: F401
+        )

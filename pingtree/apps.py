@@ -6,6 +6,6 @@ class PingtreeConfig(AppConfig):
     verbose_name = "Ping trees"
 
     def ready(self) -> None:
-        from pingtree import receivers
+        from pingtree import receivers, tasks  # noqa: F401  (tasks: see integrations.apps)
 
         receivers.connect()

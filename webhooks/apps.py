@@ -12,3 +12,4 @@ class WebhooksConfig(AppConfig):
         from webhooks.step import config_check, handle
 
         register_element(Element.Kind.WEBHOOK, handle, check=config_check)
+        from webhooks import tasks  # noqa: F401  (registered at start: see integrations.apps)
