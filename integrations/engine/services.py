@@ -372,13 +372,23 @@ def step_execute(*, step_id: int) -> list[int]:
     if _acting(step.element).kind == Kind.REQUEST:
         effect = _request_effect(step, run)  # the HTTP call, outside any transaction
     with transaction.atomic():
-        lead = run.lead  # loaded above with what the template context reads
-        run = ScenarioRun.objects.select_for_update().get(pk=run.pk)
-        if run.lead_id is not None and lead is not None and lead.pk == run.lead_id:
-            run.lead = lead
-        if effect is None:
-            effect = _tool_effect(step, run)
-        return _record(step, run, effect, started)
+        return _record_locked(step, run, effect, started)[1]
+
+
+def _record_locked(
+    step: RunStep, run: ScenarioRun, effect: Effect | None, started: float
+) -> tuple[ScenarioRun, list[int]]:
+    """Inside a transaction: lock the run (keeping the lead already in hand, loaded with
+    what the template context reads), execute the tool when ``effect`` is None (tools
+    read and write the run's counters and variables under its lock), record the step.
+    Returns the locked run as recorded and the ids of the next steps due now."""
+    lead = run.lead
+    locked = ScenarioRun.objects.select_for_update().get(pk=run.pk)
+    if locked.lead_id is not None and lead is not None and lead.pk == locked.lead_id:
+        locked.lead = lead
+    if effect is None:
+        effect = _tool_effect(step, locked)
+    return locked, _record(step, locked, effect, started)
 
 
 def _acting(element: Element) -> Element:
@@ -986,11 +996,7 @@ def _execute_claimed(
     with transaction.atomic():
         if entry is not None:
             services._log_insert(entry)
-        locked = ScenarioRun.objects.select_for_update().get(pk=run.pk)
-        locked.lead = run.lead
-        if effect is None:
-            effect = _tool_effect(step, locked)
-        _record(step, locked, effect, started)
+        locked, _due = _record_locked(step, run, effect, started)
     run.status, run.variables, run.counters = locked.status, locked.variables, locked.counters
     run.result, run.reason, run.finished_at = locked.result, locked.reason, locked.finished_at
     return []  # what it made due is claimed by the driver's next pass
