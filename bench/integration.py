@@ -86,7 +86,7 @@ PHASES = ["config", "build", "send", "read", "log write", "rest"]
 PHASE_NOTES = {
     "config": "step_spec: headers, query, body, rules, captures (5 SELECTs) + decrypt",
     "build": "build_request: render 12 templates, nest, JSON, auth header",
-    "send": "outbound.send: guard, deadline timer, requests/urllib3, capped read",
+    "send": "outbound.send: guard, deadline watch, urllib3 pool, capped read, log line",
     "read": "read_response: parse JSON, rule, 2 captures, trace",
     "log write": "RequestLog INSERT (masking, autocommit)",
     "rest": "lead_context + the integration.request log line + call overhead",
@@ -296,11 +296,12 @@ def bare_loop(
 
 
 def connections_opened(session: Any) -> int:
-    """New connections urllib3 made for a session (None: outbound's for this thread)."""
+    """New connections urllib3 made for a requests session (None: outbound's pools for
+    this thread)."""
     from integrations import outbound
 
-    session = session or outbound._session()
-    pools = session.get_adapter("http://").poolmanager.pools
+    manager = session.get_adapter("http://").poolmanager if session else outbound._pools()
+    pools = manager.pools
     return sum(pools[key].num_connections for key in pools.keys())
 
 

@@ -19,12 +19,19 @@ us to) passes through `send()`, so the rules live here once:
 - Errors come back as data, typed `transient` (retry may help) or `permanent`.
 - Secrets are masked in every view meant for logs.
 
-Why an own adapter instead of requests-hardened: it checks only the first address
-getaddrinfo returns and can allow loopback as a whole but not a list of networks;
-we need every address checked and a CIDR allowlist. The mechanism is the same
+Why our own guarded connection instead of requests-hardened: it checks only the first
+address getaddrinfo returns and can allow loopback as a whole but not a list of
+networks; we need every address checked and a CIDR allowlist. The mechanism is the same
 ("check the IP, then connect to that IP"), done one level lower, in the urllib3
 connection, so TLS SNI, certificate checks and the Host header keep the hostname
 without any header or pool-key rewriting.
+
+Why urllib3 directly and not requests on top: requests' per-call machinery (preparing
+the request, merging environment settings, hooks, the cookie jar) cost about 0.3 ms per
+call, as much as the exchange itself on a local network, and all of it is either unused
+here or something we must switch off (environment, cookies, redirects). What requests
+did that we want is done here in a few lines: its default headers, Content-Length,
+header validation, Basic auth from credentials in the URL, certifi's CA bundle.
 """
 
 from __future__ import annotations
@@ -43,31 +50,30 @@ import ssl
 import threading
 import time
 import tomllib
+from base64 import b64encode
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus, urljoin, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urljoin, urlsplit
 
-import requests  # noqa: TID251
+import certifi
 import structlog
-import urllib3  # noqa: TID251
+import urllib3
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from requests.adapters import HTTPAdapter  # noqa: TID251
-from requests.cookies import RequestsCookieJar  # noqa: TID251
-from requests.structures import CaseInsensitiveDict  # noqa: TID251
-from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: TID251
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool  # noqa: TID251
-from urllib3.exceptions import (  # noqa: TID251
+from urllib3 import HTTPHeaderDict, HTTPResponse, PoolManager, Timeout
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
     ConnectTimeoutError,
     NameResolutionError,
     NewConnectionError,
+    ReadTimeoutError,
 )
-from urllib3.util import parse_url  # noqa: TID251
-from urllib3.util.connection import allowed_gai_family  # noqa: TID251
+from urllib3.util import Url, make_headers, parse_url
+from urllib3.util.connection import allowed_gai_family
 
 log = structlog.get_logger(__name__)
 
@@ -389,19 +395,20 @@ def refusal_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def _parse(url: str) -> tuple[str, int]:
-    """(host, port) exactly as requests/urllib3 will see them, or refuse.
+def _parse(url: str) -> Url:
+    """The URL exactly as the transport will use it (scheme, host, port, target), or refuse.
 
-    Parsing with the same code that sends avoids parser differentials
-    (`http://a@b/`, `http://a\\@b/`). Numeric hosts other than a dotted quad are refused:
-    inet_aton reads `127.1`, `0x7f.1`, `0177.0.0.1` and `2130706433` as 127.0.0.1, and no
-    real buyer writes an address that way.
+    The guard and the connection pool are given the very same parsed object, so there
+    is no parser differential between what is checked and what is connected to
+    (`http://a@b/`, `http://a\\@b/`). urllib3's parser lower-cases scheme and host,
+    IDNA-encodes a non-ASCII host and percent-encodes what may not appear in a path or
+    query. Numeric hosts other than a dotted quad are refused: inet_aton reads `127.1`,
+    `0x7f.1`, `0177.0.0.1` and `2130706433` as 127.0.0.1, and no real buyer writes an
+    address that way.
     """
-    prepared = requests.PreparedRequest()
     try:
-        prepared.prepare_url(url, None)
-        parsed = parse_url(prepared.url or "")
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+        parsed = parse_url(url.lstrip())
+    except urllib3.exceptions.LocationParseError as exc:
         raise InvalidURLError(f"invalid URL: {exc}") from exc
     scheme = (parsed.scheme or "").lower()
     if scheme not in ("http", "https"):
@@ -409,17 +416,22 @@ def _parse(url: str) -> tuple[str, int]:
     host = (parsed.host or "").strip("[]")
     if not host:
         raise InvalidURLError("URL has no host")
-    port = parsed.port or (443 if scheme == "https" else 80)
+    if host.startswith(("*", ".")):
+        raise InvalidURLError(f"invalid URL: host {host!r} is not a valid name")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         labels = host.lower().rstrip(".").split(".")
         if all(_NUMERIC_LABEL_RE.fullmatch(label) for label in labels):
             raise SSRFError(f"host {host!r} is a non-canonical IP address spelling") from None
-        return host, port
+        return parsed
     if reason := refusal_reason(ip):
         raise SSRFError(reason)
-    return host, port
+    return parsed
+
+
+def _port(parsed: Url) -> int:
+    return parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
 def _resolve_checked(host: str, port: int) -> list[tuple[Any, ...]]:
@@ -448,9 +460,9 @@ def check_url(url: str) -> None:
     right now passes: DNS may be down, and `send()` checks again at connect time anyway,
     which is the check that matters (a record can change after saving).
     """
-    host, port = _parse(url)
+    parsed = _parse(url)
     with contextlib.suppress(socket.gaierror):
-        _resolve_checked(host, port)
+        _resolve_checked((parsed.host or "").strip("[]"), _port(parsed))
 
 
 # --- transport ----------------------------------------------------------------------
@@ -685,43 +697,35 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class _GuardedAdapter(HTTPAdapter):
-    """requests adapter whose pools make guarded connections."""
+def _new_pools() -> PoolManager:
+    """urllib3's pool manager, used directly (no requests on top), making guarded pools.
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _GuardedHTTPPool,
-            "https": _GuardedHTTPSPool,
-        }
-
-
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    # What we send must not depend on the worker's environment: HTTP(S)_PROXY, NO_PROXY,
-    # REQUESTS_CA_BUNDLE and ~/.netrc are all ignored.
-    session.trust_env = False
-    # A per-thread session outlives one request: a cookie set by one buyer must never be
-    # sent on a later request, possibly for another workspace.
-    session.cookies = RequestsCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    session.headers["User-Agent"] = USER_AGENT
-    adapter = _GuardedAdapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-def _session() -> requests.Session:
-    """A pooled session per thread (Session is not thread-safe) and per process.
-
-    The process id is part of the key: a Celery prefork child must not share the
-    parent's pooled sockets.
+    Nothing here reads the environment: urllib3 knows no HTTP(S)_PROXY, NO_PROXY,
+    REQUESTS_CA_BUNDLE or ~/.netrc, so what we send cannot depend on the worker's
+    environment. It keeps no cookie jar either: a cookie set by one buyer is never sent
+    on a later request (possibly for another workspace). Certificates are verified
+    against certifi's bundle, as requests did (same pool size too: 10 hosts, 10
+    connections each, never blocking).
     """
-    session = getattr(_local, "session", None)
-    if session is None or _local.pid != os.getpid():
-        session = _local.session = _new_session()
+    manager = PoolManager(
+        num_pools=10, maxsize=10, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
+    )
+    manager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+    return manager
+
+
+def _pools() -> PoolManager:
+    """The pools of this thread and process.
+
+    Per thread, as the requests session was (one thread's keep-alive connection stays
+    its own); the process id is part of the key: a Celery prefork child must not share
+    the parent's pooled sockets.
+    """
+    pools = getattr(_local, "pools", None)
+    if pools is None or _local.pid != os.getpid():
+        pools = _local.pools = _new_pools()
         _local.pid = os.getpid()
-    return session
+    return pools
 
 
 # --- send ---------------------------------------------------------------------------
@@ -761,7 +765,6 @@ def send(request: OutboundRequest) -> OutboundResult:
         SSRFError,
         _DeadlineExceededError,
         _TooManyRedirectsError,
-        requests.exceptions.RequestException,
         urllib3.exceptions.HTTPError,
         OSError,
         ValueError,
@@ -802,58 +805,130 @@ def send(request: OutboundRequest) -> OutboundResult:
 
 
 def _run(request: OutboundRequest, deadline: float, progress: _Progress) -> None:
-    """The exchange itself: hops until a final response, then its capped body."""
+    """The exchange itself: hops until a final response, then its capped body.
+
+    Straight on urllib3's pools (``preload_content=False``, no retries, no redirects of
+    its own): what requests added on top per call (preparing, merging environment
+    settings, hooks, the cookie jar) cost about as much as the exchange itself on a
+    local network, and none of it is wanted here (docs/benchmarks.md, bench-integration).
+    """
     method = request.method.upper()
     if not _METHOD_RE.fullmatch(method):
         raise ValueError(f"invalid HTTP method {request.method!r}")
     headers = _header_dict(request.headers)
     body = request.body
     url = request.url
-    session = _session()
+    pools = _pools()
     for hop in range(request.max_redirects + 1 if request.allow_redirects else 1):
         progress.url = url
-        _parse(url)
+        target = _parse(url)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _DeadlineExceededError("total deadline exceeded")
-        response = session.request(
+        pool = pools.connection_from_host(target.host, port=target.port, scheme=target.scheme)
+        response = pool.urlopen(
             method,
-            url,
-            headers=headers,
-            data=body,
-            stream=True,
-            allow_redirects=False,
-            timeout=(min(request.connect_timeout, remaining), remaining),
+            target.request_uri,
+            body=body,
+            headers=_wire_headers(headers, method, body, target),
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            timeout=Timeout(connect=min(request.connect_timeout, remaining), read=remaining),
+            preload_content=False,
+            decode_content=True,
+            release_conn=False,
         )
-        with contextlib.closing(response):
-            progress.status_code = response.status_code
-            progress.headers = list(response.raw.headers.items())
-            location = _redirect_target(response)
+        try:
+            progress.status_code = response.status
+            progress.headers = list(response.headers.items())
+            location = _redirect_target(response.status, response.headers)
             if not (request.allow_redirects and location):
                 _read_capped(response, request.max_response_bytes, deadline, progress)
                 return
-        next_url = urljoin(response.url, location)
-        method, body, headers = _redirected(
-            response.status_code, method, body, headers, url, next_url
-        )
+        finally:
+            # Read to the end, the connection is already back in the pool and this does
+            # nothing; otherwise (cap, redirect, error) the connection is closed and its
+            # slot returned, never reused with unread bytes on it.
+            response.close()
+            response.release_conn()
+        next_url = urljoin(target.url, location)
+        method, body, headers = _redirected(response.status, method, body, headers, url, next_url)
         url = next_url
         if hop == request.max_redirects:
             progress.url = url
             raise _TooManyRedirectsError(f"more than {request.max_redirects} redirects")
 
 
-def _header_dict(headers: Iterable[tuple[str, str]]) -> CaseInsensitiveDict[str]:
-    """Headers as requests wants them; a repeated name is joined as RFC 9110 allows."""
-    merged: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+# What requests sent by default, kept so that buyers see the same request as before.
+_DEFAULT_HEADERS = (
+    ("User-Agent", USER_AGENT),
+    (
+        "Accept-Encoding",
+        ", ".join(make_headers(accept_encoding=True)["accept-encoding"].split(",")),
+    ),
+    ("Accept", "*/*"),
+    ("Connection", "keep-alive"),
+)
+# RFC 9110 field names and values, as requests checked them: no CR/LF anywhere (header
+# injection), no colon or leading space in a name, no leading space in a value.
+_HEADER_NAME_RE = re.compile(r"[^:\s][^:\r\n]*")
+_HEADER_VALUE_RE = re.compile(r"\S[^\r\n]*|")
+
+Headers = dict[str, tuple[str, str]]  # lower-cased name -> (name as written, value)
+
+
+def _header_dict(headers: Iterable[tuple[str, str]]) -> Headers:
+    """Our defaults, then the request's headers (a repeated name is joined as RFC 9110
+    allows), each checked before anything connects."""
+    merged: Headers = {name.lower(): (name, value) for name, value in _DEFAULT_HEADERS}
+    seen: set[str] = set()
     for name, value in headers:
-        merged[name] = f"{merged[name]}, {value}" if name in merged else value
+        if not (
+            isinstance(name, str)
+            and isinstance(value, str)
+            and _HEADER_NAME_RE.fullmatch(name)
+            and _HEADER_VALUE_RE.fullmatch(value)
+        ):
+            raise ValueError(
+                f"invalid header {name!r}: leading whitespace, a reserved character or "
+                "CR/LF in its name or value"
+            )
+        key = name.lower()
+        if key in seen:
+            value = f"{merged[key][1]}, {value}"
+        seen.add(key)
+        merged[key] = (name, value)
     return merged
 
 
-def _redirect_target(response: requests.Response) -> str | None:
+def _wire_headers(headers: Headers, method: str, body: bytes | None, target: Url) -> dict[str, str]:
+    """One hop's headers as sent: Content-Length as requests computed it (the body's
+    length; 0 for a body-less method other than GET and HEAD), and credentials written
+    in the URL (``https://user:pass@host/``) sent as Basic auth, as requests did."""
+    wire = dict(headers.values())
+    if body is not None:
+        _set(wire, headers, "Content-Length", str(len(body)))
+    elif method not in ("GET", "HEAD") and "content-length" not in headers:
+        wire["Content-Length"] = "0"
+    if target.auth:
+        user, _, password = target.auth.partition(":")
+        credentials = f"{unquote(user)}:{unquote(password)}".encode("latin-1")
+        _set(wire, headers, "Authorization", "Basic " + b64encode(credentials).decode())
+    return wire
+
+
+def _set(wire: dict[str, str], headers: Headers, name: str, value: str) -> None:
+    """Replace a header whatever the case it was written in."""
+    existing = headers.get(name.lower())
+    wire.pop(existing[0] if existing else name, None)
+    wire[name] = value
+
+
+def _redirect_target(status: int, headers: HTTPHeaderDict) -> str | None:
     """The Location of a redirect, decoded like browsers (UTF-8 sent as latin-1)."""
-    location = response.headers.get("Location")
-    if response.status_code not in _REDIRECT_STATUSES or not location:
+    location = headers.get("Location")
+    if status not in _REDIRECT_STATUSES or not location:
         return None
     with contextlib.suppress(UnicodeError):
         location = location.encode("latin-1").decode("utf-8")
@@ -864,24 +939,24 @@ def _redirected(
     status: int,
     method: str,
     body: bytes | None,
-    headers: CaseInsensitiveDict[str],
+    headers: Headers,
     from_url: str,
     to_url: str,
-) -> tuple[str, bytes | None, CaseInsensitiveDict[str]]:
+) -> tuple[str, bytes | None, Headers]:
     """The next hop's method, body and headers, by the rules browsers follow.
 
     303 turns anything but HEAD into a body-less GET, 301/302 do so for POST, 307/308
     keep both. Credentials never follow a redirect to another origin: a buyer's
     redirect must not hand its API key to someone else.
     """
-    headers = CaseInsensitiveDict(headers)
+    headers = dict(headers)
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         method, body = "GET", None
-        for name in ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding"):
-            headers.pop(name, None)
+        for key in ("content-type", "content-length", "content-encoding", "transfer-encoding"):
+            headers.pop(key, None)
     if _origin(from_url) != _origin(to_url):
-        for name in [name for name in headers if is_sensitive_header(name)]:
-            del headers[name]
+        for key in [key for key in headers if is_sensitive_header(key)]:
+            del headers[key]
     return method, body, headers
 
 
@@ -891,9 +966,7 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     return parts.scheme, parts.hostname, parts.port or default_port
 
 
-def _read_capped(
-    response: requests.Response, cap: int, deadline: float, progress: _Progress
-) -> None:
+def _read_capped(response: HTTPResponse, cap: int, deadline: float, progress: _Progress) -> None:
     """Read the body into `progress` until EOF, the cap, or the deadline.
 
     read1() does at most one socket read per call; read(n) would block until n bytes
@@ -904,7 +977,7 @@ def _read_capped(
         if time.monotonic() >= deadline:
             raise _DeadlineExceededError("total deadline exceeded while reading the body")
         want = min(_READ_CHUNK_BYTES, cap + 1 - len(progress.body))
-        chunk = response.raw.read1(want, decode_content=True)
+        chunk = response.read1(want, decode_content=True)
         if not chunk:
             return
         progress.body += chunk
@@ -915,7 +988,7 @@ def _read_capped(
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything it wraps (requests wraps urllib3 wraps socket)."""
+    """The exception and everything it wraps (urllib3 wraps socket and ssl errors)."""
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -941,35 +1014,28 @@ def _classify(exc: BaseException, *, expired: bool) -> tuple[ErrorKind, ErrorCod
         return ErrorKind.PERMANENT, ErrorCode.INVALID_URL, message
     if isinstance(exc, SSRFError):
         return ErrorKind.PERMANENT, ErrorCode.SSRF, f"refused: {message}"
-    # Not urllib3's TimeoutError: its NewConnectionError (refused, unreachable) is one.
-    if expired or isinstance(
-        exc,
-        _DeadlineExceededError
-        | requests.exceptions.Timeout
-        | urllib3.exceptions.ReadTimeoutError
-        | TimeoutError,
+    # Not urllib3's TimeoutError as a whole: its NewConnectionError (refused,
+    # unreachable) is a ConnectTimeoutError.
+    if (
+        expired
+        or isinstance(exc, _DeadlineExceededError | ReadTimeoutError | TimeoutError)
+        or (isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError))
     ):
         return ErrorKind.TRANSIENT, ErrorCode.TIMEOUT, message
     if isinstance(exc, _TooManyRedirectsError):
         return ErrorKind.PERMANENT, ErrorCode.TOO_MANY_REDIRECTS, message
-    if isinstance(
-        exc,
-        requests.exceptions.InvalidURL
-        | requests.exceptions.MissingSchema
-        | requests.exceptions.InvalidSchema
-        | urllib3.exceptions.LocationParseError,
-    ):
+    if isinstance(exc, urllib3.exceptions.LocationValueError):
         return ErrorKind.PERMANENT, ErrorCode.INVALID_URL, message
     if caused_by(ssl.SSLCertVerificationError):
         return ErrorKind.PERMANENT, ErrorCode.TLS, message
-    if caused_by(requests.exceptions.SSLError, urllib3.exceptions.SSLError):
+    if caused_by(urllib3.exceptions.SSLError, ssl.SSLError):
         return ErrorKind.TRANSIENT, ErrorCode.TLS, message
     for cause in causes:
         if isinstance(cause, socket.gaierror):
             kind = ErrorKind.PERMANENT if cause.errno in _EAI_PERMANENT else ErrorKind.TRANSIENT
             return kind, ErrorCode.DNS, message
-    if caused_by(requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError):
+    if caused_by(urllib3.exceptions.DecodeError):
         return ErrorKind.PERMANENT, ErrorCode.PROTOCOL, message
-    if isinstance(exc, ValueError | requests.exceptions.InvalidHeader):
+    if isinstance(exc, ValueError):
         return ErrorKind.PERMANENT, ErrorCode.INVALID_REQUEST, message
     return ErrorKind.TRANSIENT, ErrorCode.CONNECTION, message
