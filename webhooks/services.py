@@ -10,7 +10,8 @@ How one callback changes state once:
    in the same statement, resumes its parked step the way ``engine.step_resume`` does:
    of two identical callbacks arriving together one claims it, the other updates
    nothing, finds the row matched and is answered 2xx as a duplicate;
-3. the step's task is sent after that commit; the scenario goes on on a worker.
+3. the step's task is sent after that commit (one Redis command, ``publish.py``); the
+   scenario goes on on a worker. A failed send is re-driven by the engine's sweeper.
 
 If the step's deadline fired first (the step is running its timeout visit), the row is
 claimed but the step is not parked any more: the handler finds the row matched and uses
@@ -42,7 +43,7 @@ from integrations.engine.registry import Effect, StepCall
 from integrations.models import Integration, RunStep, ScenarioRun
 from integrations.outbound import is_sensitive_header
 from structures.models import Advertiser, Lead, Workspace
-from webhooks import signing
+from webhooks import publish, signing
 from webhooks.models import InboundWebhookRequest, WaitingWebhook, WebhookEndpoint
 from webhooks.payloads import MAX_IDENTIFIER, Callback, clean_text
 from webhooks.step import WebhookStepConfig, callback_effect, deadline_for
@@ -465,9 +466,8 @@ def _match(
     if claimed is not None:
         waiting_id, step_id, resumed = claimed
         if resumed is not None:
-            from integrations.tasks import step_execute_task
-
-            transaction.on_commit(lambda: step_execute_task.delay(step_id), robust=True)
+            # One LPUSH (see publish.py); a failed send is re-driven by the sweeper.
+            transaction.on_commit(lambda: publish.step_execute_send(step_id), robust=True)
             return MATCHED
         step_status = RunStep.objects.filter(pk=step_id).values_list("status", flat=True).first()
         if step_status not in (RunStep.Status.SKIPPED, None):
