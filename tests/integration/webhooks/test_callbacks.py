@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -460,3 +461,101 @@ def test_a_callback_stored_but_never_processed_is_matched_by_the_sweep(
     run.refresh_from_db()
     assert run.status == ScenarioRun.Status.SUCCEEDED and run.result["captured"]["price"] == "6"
     assert InboundWebhookRequest.objects.get(pk=inbound_id).status == Inbound.MATCHED
+
+
+@pytest.mark.parametrize(
+    ("location", "id_key", "advertiser_key"),
+    [
+        ("query", "lead_id", "adv"),
+        ("body", "data.lead.id", "data.advertiser"),
+        ("header", "X-Lead-Id", "X-Advertiser-Id"),
+    ],
+)
+def test_buyers_id_and_advertiser_read_from_query_body_path_or_header(
+    lead_setup, lead, advertiser, location, id_key, advertiser_key,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    hook = make_hook(
+        lead_setup,
+        config={"external_id": "{{BUYER_ID}}"},
+        endpoint_kwargs={"match_by": "external_id", "id_location": location, "id_key": id_key,
+                         "advertiser_key": advertiser_key},
+    )  # fmt: skip
+    run = hook.start(lead, ADVERTISER_ID=str(advertiser.pk), BUYER_ID="ACME-5")
+    assert (hook.waiting(run).external_id, hook.waiting(run).advertiser_id) == (
+        "ACME-5",
+        advertiser.pk,
+    )
+
+    def call(buyer_id: str, advertiser_id: int) -> Any:
+        body: dict[str, Any] = {"status": "sold", "price": "3.30"}
+        if location == "query":
+            return hook.call(query={id_key: buyer_id, advertiser_key: str(advertiser_id)},
+                             json_body=body)  # fmt: skip
+        if location == "header":
+            headers = {id_key: buyer_id, advertiser_key: str(advertiser_id)}
+            return hook.call(json_body=body, headers=headers)
+        body["data"] = {"lead": {"id": buyer_id}, "advertiser": advertiser_id}
+        return hook.call(json_body=body)
+
+    for wrong in (call("ACME-5", advertiser.pk + 1000), call(lead.pcid, advertiser.pk)):
+        assert (wrong.status_code, wrong.content) == (404, NOT_FOUND)
+    assert hook.waiting(run).status == Waiting.WAITING
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = call("ACME-5", advertiser.pk)
+    assert ok.status_code == 200 and ok.json()["message"] == "Webhook received"
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED and run.result["captured"]["price"] == "3.30"
+    inbound = InboundWebhookRequest.objects.filter(status=Inbound.MATCHED).get()
+    assert (inbound.identifier, inbound.advertiser_ref) == ("ACME-5", str(advertiser.pk))
+
+
+def test_pcid_pairing_ignores_a_lead_of_another_endpoint(lead_setup, lead):
+    # Pairing by pcid alone is still per endpoint: the same lead waiting on buyer A is
+    # not resumed by buyer B's URL.
+    a = make_hook(lead_setup, webhook_id="wh_a")
+    b = make_hook(lead_setup, webhook_id="wh_b")
+    run = a.start(lead)
+    response = b.call(json_body={"pcid": lead.pcid, "status": "sold"})
+    assert (response.status_code, response.content) == (404, NOT_FOUND)
+    assert a.waiting(run).status == Waiting.WAITING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_raw_request_is_committed_before_it_is_processed(
+    hook, lead, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.db import connections
+
+    run = hook.start(lead)
+    seen = []
+
+    def crash(**kwargs: Any) -> None:
+        # What another connection (the sweeper, an operator) sees while we process it.
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute(
+                    "SELECT status, body FROM webhooks_inboundwebhookrequest WHERE id = %s",
+                    [kwargs["inbound_id"]],
+                )
+                seen.append(cursor.fetchone())
+        finally:
+            other.close()
+        raise RuntimeError("the web process failed while matching")
+
+    monkeypatch.setattr(services, "_match", crash)
+    hook.client.raise_request_exception = False
+    body = {"pcid": lead.pcid, "status": "sold", "price": "7.70"}
+    assert hook.call(json_body=body).status_code == 500
+    assert seen == [(Inbound.RECEIVED, json.dumps(body))]
+    monkeypatch.undo()
+    # Nothing was matched; the sweep takes the stored request once it is stuck.
+    assert hook.waiting(run).status == Waiting.WAITING
+    InboundWebhookRequest.objects.update(
+        received_at=timezone.now() - timedelta(seconds=services.STUCK_SECONDS + 1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.waiting_sweep()["matched"] == 1
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.SUCCEEDED and run.result["captured"]["price"] == "7.70"
