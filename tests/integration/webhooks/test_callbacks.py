@@ -549,6 +549,13 @@ def test_the_raw_request_is_committed_before_it_is_processed(
     body = {"pcid": lead.pcid, "status": "sold", "price": "7.70"}
     assert hook.call(json_body=body).status_code == 500
     assert seen == [(Inbound.RECEIVED, json.dumps(body))]
+    # Stored with an asynchronous commit for that statement only (services._inbound_insert):
+    # the connection's later writes (the match) still wait for the flush.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
     monkeypatch.undo()
     # Nothing was matched; the sweep takes the stored request once it is stuck.
     assert hook.waiting(run).status == Waiting.WAITING
