@@ -483,7 +483,7 @@ class Distribution(models.Model):
 
 class OfferResult(models.Model):
     """What one offer did with one lead: skipped and why, pinged and its bid, posted and
-    its answer, price, redirect URL, the scenario runs and the timings."""
+    its answer, price, redirect URL, the scenario runs (or request logs) and the timings."""
 
     workspace = models.ForeignKey(
         "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
@@ -527,6 +527,26 @@ class OfferResult(models.Model):
         blank=True,
         related_name="+",
         verbose_name="post run",
+    )
+    # A buyer whose integration is just a request per step meaning (the default scenario)
+    # is called without a scenario run: its call's log row is linked here instead.
+    ping_log = models.ForeignKey(
+        "integrations.RequestLog",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="ping call",
+        help_text="The ping's request log when it was called without a scenario run.",
+    )
+    post_log = models.ForeignKey(
+        "integrations.RequestLog",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name="post call",
+        help_text="The post's request log when it was called without a scenario run.",
     )
     is_sold = models.BooleanField("sold", default=False)
     price = models.DecimalField(

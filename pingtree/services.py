@@ -15,10 +15,16 @@ How one lead is distributed exactly once:
 5. finishing is a conditional UPDATE too; the sweeper re-drives a running row whose
    lease ran out (its worker died) and a pending row whose task was lost.
 
-Buyers are called through the scenario engine (``run_start`` / ``run_drive``) on a
-module-level pool of persistent threads, each with its own database connection, so an
-auction pings every offer at once and a slow buyer never holds the lead past the tier's
-or the tree's deadline: the driver stops waiting, cancels the run and moves on.
+Buyers are called on a module-level pool of persistent threads, each with its own
+database connection, so an auction pings every offer at once and a slow buyer never holds
+the lead past the tier's or the tree's deadline: the driver stops waiting, cancels the
+run (or ignores a direct call's late answer) and moves on. A buyer whose integration's
+scenario for the call is just its start and one request (the default scenario, what the
+library installs) is called straight through ``integrations.services.request_run``, which
+builds, sends, reads and logs the call: the result row links that request log. Any other
+scenario (webhook steps, waits, repeats, several requests) runs through the scenario
+engine (``run_start`` / ``run_drive``) and the row links its run. What the row records
+(answer, bid, reason, redirect, buyer lead id, timings) is the same either way.
 """
 
 from __future__ import annotations
@@ -41,8 +47,12 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.db.models import F, Q
 from django.utils import timezone
 
+from integrations import services as integration_services
+from integrations import step_cache
+from integrations.context import lead_context
 from integrations.engine import services as engine
-from integrations.models import Integration, ScenarioRun
+from integrations.engine.graph import graph_get
+from integrations.models import Element, Integration, RequestStep, ScenarioRun
 from pingtree import caps as caps_service
 from pingtree.choices import (
     DISTRIBUTION_FINISHED,
@@ -163,14 +173,55 @@ def pool_shutdown() -> None:
     POOL.shutdown()
 
 
+_STATES_SQL: str | None = None
+
+
 def _drive_run(run_id: int, seconds: float) -> ScenarioRun:
     return engine.run_drive(run_id=run_id, deadline_seconds=seconds, hand_off=False)
 
 
+# (request step, the integration's (status, config_version) read for this call)
+Direct = tuple[RequestStep, tuple[str, int]]
+# False sends every call through the scenario engine (the tests run both paths).
+DIRECT_CALLS = True
+
+
+def _direct_request(integration_id: int, meaning: str, state: tuple[str, int] | None) -> Any:
+    """The request a ``meaning`` call of this integration makes when its scenario for it
+    is its start and one request, unconditionally, with nothing after it (the default
+    scenario): the engine would run exactly that request and end, so the call goes
+    straight to request_run. None: anything more (webhook steps, waits, repeats, tools,
+    branches, conditions), or no scenario built yet: the engine runs it."""
+    if state is None or not DIRECT_CALLS:
+        return None
+    graph = graph_get(integration_id, version=state[1])
+    starts = [
+        element
+        for element in graph.elements.values()
+        if element.kind == Element.Kind.START
+        and element.meaning == meaning
+        and str((element.config or {}).get("trigger") or "default") == "default"
+    ]
+    if len(starts) != 1:
+        return None
+    outgoing = graph.outgoing.get(starts[0].pk, ())
+    if len(outgoing) != 1 or outgoing[0].conditions:
+        return None
+    request = outgoing[0].to_element
+    if (
+        request.kind != Element.Kind.REQUEST
+        or request.request_step is None
+        or graph.outgoing.get(request.pk)
+    ):
+        return None
+    return request.request_step
+
+
 class _PingCall:
-    """A ping started and driven on a pool thread (its run is written there too, so an
-    auction's pings start in parallel). The driver may give up on it: then the run, if
-    it was started, is cancelled, and a ping not yet started never is."""
+    """A call started and driven on a pool thread: a direct request, or a scenario run
+    (written there too, so an auction's pings start in parallel). The driver may give up
+    on it: then the run, if it was started, is cancelled (a direct call's late answer is
+    logged and ignored), and a call not yet started never is."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -178,11 +229,22 @@ class _PingCall:
         self.abandoned = False
 
     def job(
-        self, integration: Integration, lead: Lead, variables: dict[str, Any], seconds: float
-    ) -> ScenarioRun | None:
+        self,
+        integration: Integration,
+        lead: Lead,
+        variables: dict[str, Any],
+        seconds: float,
+        direct: Direct | None = None,
+    ) -> ScenarioRun | integration_services.RunResult | None:
         with self.lock:
             if self.abandoned:
                 return None
+        if direct is not None:
+            step, state = direct
+            return integration_services.request_run(
+                step=step, context=lead_context(lead, variables=variables), lead=lead,
+                origin="scenario", state=state,
+            )  # fmt: skip
         # Started and driven in this pool thread: its first steps are claimed for us.
         run = engine.run_start(
             integration=integration, lead=lead, meaning="ping", variables=variables,
@@ -243,6 +305,7 @@ class CallOutcome:
     ms: int = 0
     blocking: bool = False  # parked on a webhook the buyer must call back
     not_sent: bool = False
+    log_id: int | None = None  # a direct call's request log
 
     @property
     def status(self) -> str:
@@ -278,6 +341,20 @@ def _outcome_of(run: ScenarioRun, ms: int) -> CallOutcome:
     return CallOutcome(
         kind, reason, captured, variables, ms, not_sent=reason.startswith(NOT_SENT_PREFIX)
     )
+
+
+def _outcome_direct(result: Any, variables: dict[str, Any], ms: int) -> CallOutcome:
+    """A direct call's outcome: what the engine's run of start -> this request would have
+    come to (``_outcome_of`` of that finished run): its answer, reason, captures, and the
+    run's variables (the call's own merged over what it was given)."""
+    outcome = result.outcome
+    kind = str(outcome.kind or "") or "accepted"  # a run that ended without a kind
+    reason = str(outcome.reason or "")
+    return CallOutcome(
+        kind, reason, dict(outcome.captured or {}), {**variables, **dict(outcome.variables or {})},
+        ms, not_sent=reason.startswith(NOT_SENT_PREFIX),
+        log_id=result.log.pk if result.log is not None else None,
+    )  # fmt: skip
 
 
 # --- offers: pause, resume, health --------------------------------------------------------
@@ -495,6 +572,7 @@ class _Driver:
         }
         self.external_checks: dict[str, bool] = {}
         self._ping_cache: dict[int, bool] = {}
+        self._states: dict[int, tuple[str, int] | None] = {}
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -653,11 +731,11 @@ class _Driver:
                 and cand.offer.integration_id in self._ping_capable([cand.offer])
             ):
                 started = time.monotonic()
-                call, future = self._ping_submit(cand.offer, until)
+                call, future, variables = self._ping_submit(cand.offer, until, fresh=True)
                 seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
                 outcome, run_id = self._ping_finish(
                     call, future, started, timeout=seconds,
-                    cancel_reason=self._cut_reason(cand, until),
+                    cancel_reason=self._cut_reason(cand, until), variables=variables,
                 )  # fmt: skip
                 if not self._ping_settle(cand, result, outcome, run_id):
                     continue
@@ -669,23 +747,23 @@ class _Driver:
     ) -> None:
         self._open_many([c.offer for c in eligible], tier)
         capable = self._ping_capable([c.offer for c in eligible])
-        pinged: list[tuple[_Candidate, _PingCall, Future, float]] = []
+        pinged: list[tuple[_Candidate, _PingCall, Future, float, dict[str, Any]]] = []
         for cand in eligible:
             cand.result = self.results[cand.offer.pk]
             if cand.offer.integration_id in capable:
                 started = time.monotonic()
-                call, future = self._ping_submit(cand.offer, until)
-                pinged.append((cand, call, future, started))
+                call, future, variables = self._ping_submit(cand.offer, until)
+                pinged.append((cand, call, future, started, variables))
             else:
                 cand.value = self._expected_value(cand.offer, None)
         # Each ping may take its offer's timeout, none more than the tier's time; waiting
         # for each in turn up to its own absolute deadline waits for all at once.
-        for cand, call, future, started in pinged:
+        for cand, call, future, started, variables in pinged:
             own = min(cand.offer.timeout_seconds, _seconds_left(until))
             outcome, run_id = self._ping_finish(
                 call, future, started,
                 timeout=max(own - (time.monotonic() - started), 0),
-                cancel_reason=self._cut_reason(cand, until),
+                cancel_reason=self._cut_reason(cand, until), variables=variables,
             )  # fmt: skip
             self._ping_settle(cand, cand.result, outcome, run_id)
         self._post_ranked(
@@ -890,21 +968,62 @@ class _Driver:
         for row in rows:
             self.results[row.offer_id] = row
 
+    def _states_read(self, integration_ids: set[int]) -> None:
+        """(status, config_version) of these integrations, read now in one statement
+        (what request_run would read per call: an operator's change applies to the next
+        call); their scenario graphs come from the per-process cache under that version."""
+        if not integration_ids:
+            return
+        global _STATES_SQL
+        if _STATES_SQL is None:
+            q = connection.ops.quote_name
+            _STATES_SQL = (
+                f"SELECT {q('id')}, {q('status')}, {q('config_version')} "  # noqa: S608
+                f"FROM {q(Integration._meta.db_table)} WHERE {q('id')} = ANY(%s)"
+            )
+        ids = sorted(integration_ids)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(_STATES_SQL, [ids])
+                rows = cursor.fetchall()
+        else:
+            rows = list(
+                Integration.objects.filter(pk__in=ids).values_list("id", "status", "config_version")
+            )
+        for integration_id in ids:
+            self._states[integration_id] = None
+        for integration_id, status, version in rows:
+            self._states[integration_id] = (status, version)
+
+    def _direct(self, offer: Offer, meaning: str, *, fresh: bool) -> Direct | None:
+        """The request to call directly for this offer's ``meaning`` call, with the
+        integration's state (read now when ``fresh``, else the tier's read)."""
+        integration_id = offer.integration_id
+        if fresh or integration_id not in self._states:
+            self._states[integration_id] = step_cache.integration_state(integration_id)
+        state = self._states[integration_id]
+        step = _direct_request(integration_id, meaning, state)
+        return (step, state) if step is not None and state is not None else None
+
     def _ping_capable(self, offers: list[Offer]) -> set[int]:
         """Integration ids (of these offers) that have a ping start: their start
         elements, or, for an integration without a scenario yet (its default scenario is
         built on its first run), a request whose step meaning is ping."""
         wanted = {o.integration_id for o in offers} - set(self._ping_cache)
         if wanted:
-            from integrations.models import Element, RequestStep
-
+            missing = wanted - set(self._states)
+            self._states_read(missing)
             with_starts: set[int] = set()
-            for integration_id, meaning in Element.objects.filter(
-                integration_id__in=wanted, kind="start"
-            ).values_list("integration_id", "meaning"):
-                with_starts.add(integration_id)
-                if meaning == "ping":
-                    self._ping_cache[integration_id] = True
+            for integration_id in wanted:
+                state = self._states.get(integration_id)
+                if state is None:
+                    continue
+                graph = graph_get(integration_id, version=state[1])
+                for element in graph.elements.values():
+                    if element.kind == Element.Kind.START:
+                        with_starts.add(integration_id)
+                        if element.meaning == "ping":
+                            self._ping_cache[integration_id] = True
             bare = wanted - with_starts
             if bare:
                 for integration_id in RequestStep.objects.filter(
@@ -1004,18 +1123,24 @@ class _Driver:
             return CallOutcome("error", f"the call failed: {error}", ms=ms)
         return _outcome_of(fresh, ms)
 
-    def _ping_submit(self, offer: Offer, until: datetime) -> tuple[_PingCall, Future]:
+    def _ping_submit(
+        self, offer: Offer, until: datetime, *, fresh: bool = False
+    ) -> tuple[_PingCall, Future, dict[str, Any]]:
         seconds = min(_seconds_left(until), offer.timeout_seconds)
         call = _PingCall()
+        variables = self._variables(offer)
         future = POOL.submit(
-            call.job, offer.integration, self.lead, self._variables(offer), seconds
-        )
-        return call, future
+            call.job, offer.integration, self.lead, variables, seconds,
+            self._direct(offer, "ping", fresh=fresh),
+        )  # fmt: skip
+        return call, future, variables
 
     def _ping_finish(
         self, call: _PingCall, future: Future, started: float, *, timeout: float,
-        cancel_reason: str,
+        cancel_reason: str, variables: dict[str, Any], failed: str = "",
     ) -> tuple[CallOutcome, int | None]:  # fmt: skip
+        """Wait for a call on the pool up to ``timeout``: its outcome and its run's id
+        (None for a direct call, whose request log id is in the outcome)."""
         with contextlib.suppress(FutureTimeout):
             future.result(timeout=max(timeout, 0))
         ms = int((time.monotonic() - started) * 1000)
@@ -1029,10 +1154,12 @@ class _Driver:
             return _outcome_of(run, ms), run_id
         error = future.exception()
         if error is not None:
-            return CallOutcome("error", str(error), ms=ms), call.run_id
+            return CallOutcome("error", f"{failed}{error}", ms=ms), call.run_id
         run = future.result()
         if run is None:
             return CallOutcome("timeout", f"no answer: {cancel_reason}", ms=ms), None
+        if isinstance(run, integration_services.RunResult):
+            return _outcome_direct(run, variables, ms), None
         run_id = run.pk
         if run.status in (RunStatus.RUNNING, RunStatus.WAITING):
             # Not finished within its time (a multi-step ping, a wait): stop it.
@@ -1049,6 +1176,7 @@ class _Driver:
             "stage": ResultStage.PINGED,
             "ping_run_id": run_id,
             "ping_status": ping.status if not ping.blocking else ResultStatus.TIMEOUT,
+            "ping_log_id": ping.log_id,
             "bid": bid,
             "ping_ms": ping.ms,
             "reason": ping.reason,
@@ -1113,6 +1241,9 @@ class _Driver:
         if row.bid is not None:
             extra["BID"] = str(row.bid)
         started = time.monotonic()
+        direct = self._direct(cand.offer, "post", fresh=True)
+        if direct is not None:
+            return self._post_direct(cand, row, until, extra, direct, started)
         run, future = self._call_start(cand.offer, row, "post", until, variables=extra)
         if run is None:
             self._release(row)
@@ -1123,6 +1254,25 @@ class _Driver:
         )
         if outcome.blocking:
             self._park(row, outcome)
+        return self._post_record(cand.offer, row, outcome)
+
+    def _post_direct(
+        self, cand: _Candidate, row: OfferResult, until: datetime, extra: dict[str, Any],
+        direct: Direct, started: float,
+    ) -> bool:  # fmt: skip
+        """Post through request_run on the pool; the row says it is in flight first (a
+        driver that takes over finds it and does not post again)."""
+        self._result_update(row, stage=ResultStage.POSTED)
+        seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
+        call = _PingCall()
+        variables = self._variables(cand.offer, extra)
+        future = POOL.submit(
+            call.job, cand.offer.integration, self.lead, variables, seconds, direct
+        )
+        outcome, _run_id = self._ping_finish(
+            call, future, started, timeout=seconds, cancel_reason=self._cut_reason(cand, until),
+            variables=variables, failed="the call failed: ",
+        )  # fmt: skip
         return self._post_record(cand.offer, row, outcome)
 
     def _park(self, row: OfferResult, outcome: CallOutcome) -> None:
@@ -1176,6 +1326,7 @@ class _Driver:
             self._result_update(
                 row, stage=ResultStage.POSTED, status=status, post_status=status,
                 post_ms=outcome.ms, reason=outcome.reason or status, finished=True,
+                **({"post_log_id": outcome.log_id} if outcome.log_id else {}),
             )  # fmt: skip
             return False
         return self._sale(offer, row, outcome)
@@ -1220,6 +1371,8 @@ class _Driver:
                 buyer_lead_id=buyer_lead_id[:255],
                 reason=outcome.reason or "accepted", is_sold=bool(sold),
             )  # fmt: skip
+            if outcome.log_id:
+                fields["post_log_id"] = outcome.log_id
             if not sold:
                 fields["reason"] = "accepted after the lead was sold elsewhere: not counted"
             self._result_update(row, finished=True, **fields)
@@ -1287,6 +1440,16 @@ class _Driver:
                     outcome = CallOutcome("rejected", "the lead was sold meanwhile")
                 self._post_record(offer, row, outcome)
                 self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
+                continue
+            if row.stage == ResultStage.POSTED:
+                # A direct post in flight when its driver was lost: its answer, if any,
+                # is in the request log only; nothing was counted.
+                self._release(row)
+                self._result_update(
+                    row, status=ResultStatus.ERROR, post_status=ResultStatus.ERROR,
+                    reason="the driver was lost mid-post; its answer was not recorded",
+                    finished=True,
+                )  # fmt: skip
                 continue
             if row.stage == ResultStage.PINGED and row.ping_status == ResultStatus.ACCEPTED:
                 continue  # a valid bid not posted yet: its tier posts it (_tier_run)

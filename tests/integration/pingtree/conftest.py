@@ -274,6 +274,17 @@ class Tree:
         )  # fmt: skip
 
 
+@pytest.fixture(params=["direct", "engine"])
+def call_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a buyer is called: straight through request_run (its integration is the
+    default scenario: a start and one request) and through the scenario engine. A test
+    using this runs once each way and asserts the same results."""
+    from pingtree import services
+
+    monkeypatch.setattr(services, "DIRECT_CALLS", request.param == "direct")
+    return request.param
+
+
 @pytest.fixture
 def setup(transactional_db: None) -> LeadSetup:
     return make_lead_setup()

@@ -15,7 +15,7 @@ from pingtree.models import CapCounter, Distribution, Offer, OfferResult
 from structures.models import LeadEvent
 from tests.integration.pingtree.conftest import distribute
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("call_path")]
 
 
 def results(dist):
@@ -28,7 +28,7 @@ def results(dist):
 # --- formats and outcomes -----------------------------------------------------------------
 
 
-def test_json_buyer_buys_at_a_fixed_price_and_money_is_split(tree, buyers):
+def test_json_buyer_buys_at_a_fixed_price_and_money_is_split(tree, buyers, call_path):
     offer = tree.offer("Json", post=buyers.json("/json", id="B-1", redirect="https://x.test/r"))
     tree.tier("waterfall", offer)
     dist = distribute(tree.lead())
@@ -41,7 +41,13 @@ def test_json_buyer_buys_at_a_fixed_price_and_money_is_split(tree, buyers):
         True,
     )
     assert row.price == Decimal("10") and row.buyer_lead_id == "B-1"
-    assert row.post_run is not None and row.post_ms is not None
+    # The call is linked: its scenario run, or (called directly) its request log.
+    if call_path == "engine":
+        assert row.post_run is not None and row.post_log is None
+    else:
+        assert row.post_log is not None and row.post_run is None
+        assert row.post_log.lead_id == dist.lead_id and row.post_log.outcome == "accepted"
+    assert row.post_ms is not None
     assert dist.redirect_url == "https://x.test/r"
     # payout 40 % of revenue, margin the rest
     assert (dist.revenue, dist.payout, dist.margin) == (Decimal("10"), Decimal("4"), Decimal("6"))
@@ -191,7 +197,7 @@ def test_second_tier_gets_the_lead_when_the_first_does_not_sell(tree, buyers):
 # --- deadlines -----------------------------------------------------------------------------
 
 
-def test_a_slow_buyer_never_holds_the_lead_past_the_tier_deadline(tree, buyers):
+def test_a_slow_buyer_never_holds_the_lead_past_the_tier_deadline(tree, buyers, call_path):
     slow = tree.offer("Slow", post=buyers.json("/slow", delay=6.0))
     fast = tree.offer("Fast", post=buyers.json("/fast"))
     tree.tier("waterfall", slow, deadline_seconds=0.5)
@@ -202,9 +208,13 @@ def test_a_slow_buyer_never_holds_the_lead_past_the_tier_deadline(tree, buyers):
     rows = results(dist)
     assert rows["Slow"].status == "timeout" and "tier's deadline" in rows["Slow"].reason
     assert rows["Fast"].is_sold
-    # the slow buyer's run was cancelled: its late answer will change nothing
-    rows["Slow"].post_run.refresh_from_db()
-    assert rows["Slow"].post_run.status == "cancelled"
+    if call_path == "engine":
+        # the slow buyer's run was cancelled: its late answer will change nothing
+        rows["Slow"].post_run.refresh_from_db()
+        assert rows["Slow"].post_run.status == "cancelled"
+    else:
+        # called directly: the driver stopped waiting, so no answer is linked or counted
+        assert rows["Slow"].post_run is None and rows["Slow"].post_log is None
 
 
 def test_the_overall_deadline_ends_the_tree(tree, buyers):
