@@ -126,7 +126,8 @@ def request_run(
         send, why = True, ""
 
     if send:
-        result = outbound.send(built.to_outbound())
+        # The send's own log line is folded into this call's line below (one per call).
+        result = outbound.send(built.to_outbound(), log_line=False)
         outcome = read_response(spec, built, result, context)
     else:
         result = None
@@ -146,14 +147,18 @@ def request_run(
         if write_log
         else None
     )
-    log.info(
+    # One line per call: the integration's fields and, when it was sent, the send's
+    # (outbound.log_fields: method, masked URLs, status, time, error), which
+    # outbound.send did not write on its own.
+    sent_fields = outbound.log_fields(result) if result is not None else {"status": None}
+    (log.warning if result is not None and not result.ok else log.info)(
         "integration.request",
         integration_id=integration.pk,
         request_id=step.pk,
         sent=send,
         outcome=outcome.kind,
-        status=result.status_code if result else None,
         ms=result.elapsed_ms if result else None,
+        **sent_fields,
     )
     return RunResult(built, result, outcome, send, entry)
 

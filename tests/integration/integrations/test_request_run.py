@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import structlog
 from werkzeug import Response
 
 from integrations import secrets, services
@@ -203,3 +204,34 @@ def test_secret_placeholder_reaches_the_url_and_never_the_log(lead_setup, step, 
     run = services.request_run(step=step, context=lead_context(lead), lead=lead)
     assert run.was_sent and buyer.log[-1][0].args["k"] == SECRET
     assert SECRET not in RequestLog.objects.get().url
+
+
+def test_a_call_writes_one_log_line_with_the_send_and_the_outcome_masked(lead_setup, step, buyer):
+    RequestStep.objects.filter(pk=step.pk).update(url=buyer.url_for("/leads") + "?k={{SECRET}}")
+    step.refresh_from_db()
+    lead = _lead(lead_setup)
+
+    with structlog.testing.capture_logs() as lines:
+        services.request_run(step=step, context=lead_context(lead), lead=lead)
+
+    assert [line["event"] for line in lines] == ["integration.request"]
+    (line,) = lines
+    assert (line["integration_id"], line["request_id"]) == (step.integration_id, step.pk)
+    assert (line["outcome"], line["status"], line["method"], line["sent"]) == (
+        "accepted", 200, "POST", True
+    )  # fmt: skip
+    assert line["url"].endswith("/leads?k=***") and line["final_url"] == line["url"]
+    assert line["ms"] is not None and line["error_kind"] is None
+    assert SECRET not in json.dumps(line, default=str)
+
+
+def test_a_call_not_sent_still_writes_its_one_line(lead_setup, step, buyer):
+    Integration.objects.filter(pk=step.integration_id).update(status="disabled")
+    lead = _lead(lead_setup)
+
+    with structlog.testing.capture_logs() as lines:
+        services.request_run(step=step, context=lead_context(lead), lead=lead)
+
+    assert [(line["event"], line["sent"], line["status"]) for line in lines] == [
+        ("integration.request", False, None)
+    ]
