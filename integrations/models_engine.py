@@ -262,8 +262,14 @@ class RunStep(models.Model):
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Skipped"
 
+    # Not indexed: every step is written and rewritten on the hot path, and only a
+    # workspace's deletion looks steps up by workspace (runs and steps are read by run).
     workspace = models.ForeignKey(
-        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+        "structures.Workspace",
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name="workspace",
+        db_index=False,
     )
     run = models.ForeignKey(
         ScenarioRun, on_delete=models.CASCADE, related_name="steps", verbose_name="run"
@@ -271,6 +277,8 @@ class RunStep(models.Model):
     element = models.ForeignKey(
         Element, on_delete=models.CASCADE, related_name="run_steps", verbose_name="element"
     )
+    # Looked up through runstep_unique_child, which leads with it (a partial index, but
+    # `parent_step_id = x` implies the predicate `parent_step_id IS NOT NULL`).
     parent_step = models.ForeignKey(
         "self",
         on_delete=models.CASCADE,
@@ -278,6 +286,7 @@ class RunStep(models.Model):
         blank=True,
         related_name="children",
         verbose_name="previous step",
+        db_index=False,
     )
     status = models.CharField(
         "status", max_length=10, choices=Status.choices, default=Status.PENDING
@@ -299,9 +308,11 @@ class RunStep(models.Model):
         verbose_name = "run step"
         constraints = [
             # A parent schedules each next element once: a step delivered twice, or
-            # re-driven after its worker died, cannot fork the run.
+            # re-driven after its worker died, cannot fork the run. (A parent belongs to
+            # one run, so the run adds nothing to the key; parent first serves lookups
+            # of a step's children.)
             models.UniqueConstraint(
-                fields=["run", "parent_step", "element"],
+                fields=["parent_step", "element"],
                 condition=Q(parent_step__isnull=False),
                 name="runstep_unique_child",
             ),
