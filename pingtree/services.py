@@ -43,7 +43,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import structlog
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, close_old_connections, connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -355,6 +355,74 @@ def _outcome_direct(result: Any, variables: dict[str, Any], ms: int) -> CallOutc
         ms, not_sent=reason.startswith(NOT_SENT_PREFIX),
         log_id=result.log.pk if result.log is not None else None,
     )  # fmt: skip
+
+
+# --- result rows in raw statements --------------------------------------------------------
+#
+# A distribution writes a result row per offer and updates it two or three times: on the
+# path of every buyer call. The ORM spends far more CPU composing those statements than
+# PostgreSQL spends running them (docs/benchmarks.md, bench-pingtree), so on PostgreSQL
+# they are raw statements whose text is built once per process and whose values are
+# prepared exactly as the ORM prepares them (get_db_prep_save). Elsewhere, the ORM.
+
+_RESULT_FIELDS = [f for f in OfferResult._meta.concrete_fields if not f.primary_key]
+_sql_texts: dict[Any, str] = {}
+
+
+def _results_insert(rows: list[OfferResult]) -> None:
+    """INSERT the rows in one statement, their ids set. IntegrityError as the ORM's."""
+    if connection.vendor != "postgresql":
+        OfferResult.objects.bulk_create(rows)
+        return
+    key = ("insert", len(rows))
+    sql = _sql_texts.get(key)
+    if sql is None:
+        q = connection.ops.quote_name
+        columns = ", ".join(q(f.column) for f in _RESULT_FIELDS)
+        one = "(" + ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RESULT_FIELDS) + ")"
+        sql = _sql_texts[key] = (
+            f"INSERT INTO {q(OfferResult._meta.db_table)} ({columns}) VALUES "  # noqa: S608
+            + ", ".join([one] * len(rows))
+            + " RETURNING id"
+        )
+    params: list[Any] = []
+    for row in rows:
+        params += [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _RESULT_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = [r[0] for r in cursor.fetchall()]
+    for row, pk in zip(rows, ids, strict=True):
+        row.pk = pk
+        row._state.adding = False
+        row._state.db = connection.alias
+
+
+def _results_set(pks: list[int], values: dict[str, Any]) -> int:
+    """UPDATE these rows' fields (names or attnames) to the same values; rows changed."""
+    if not pks:
+        return 0
+    if connection.vendor != "postgresql":
+        return OfferResult.objects.filter(pk__in=pks).update(**values)
+    fields = [OfferResult._meta.get_field(name) for name in values]
+    key = ("set", tuple(values))
+    sql = _sql_texts.get(key)
+    if sql is None:
+        q = connection.ops.quote_name
+        sets = ", ".join(f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in fields)
+        sql = _sql_texts[key] = (
+            f"UPDATE {q(OfferResult._meta.db_table)} SET {sets} "  # noqa: S608
+            "WHERE id = ANY(%s::bigint[])"
+        )
+    params: list[Any] = []
+    for f, value in zip(fields, values.values(), strict=True):
+        if isinstance(value, models.Model):
+            value = value.pk
+        target = f.target_field if f.is_relation else f
+        params.append(target.get_db_prep_save(value, connection))
+    params.append(list(pks))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 # --- offers: pause, resume, health --------------------------------------------------------
@@ -936,7 +1004,7 @@ class _Driver:
             # In autocommit a failed INSERT costs nothing; inside a transaction (tests) it
             # needs a savepoint.
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-                row.save(force_insert=True)
+                _results_insert([row])
         except IntegrityError:
             row = OfferResult.objects.get(distribution=self.dist, offer=offer)
         self.results[offer.pk] = row
@@ -959,8 +1027,8 @@ class _Driver:
             for i, offer in enumerate(offers)
         ]
         try:
-            with transaction.atomic():
-                OfferResult.objects.bulk_create(rows)
+            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+                _results_insert(rows)
         except IntegrityError:
             for offer in offers:
                 self._open(offer, tier)
@@ -1041,7 +1109,7 @@ class _Driver:
             values["reason"] = str(values["reason"])[:500]
         if finished:
             values["finished_at"] = timezone.now()
-        OfferResult.objects.filter(pk=row.pk).update(**values)
+        _results_set([row.pk], values)
         for key, value in values.items():
             setattr(row, key, value)
         return row
