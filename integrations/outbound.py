@@ -364,8 +364,12 @@ def _parse_networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     return _network_cache[cidrs]
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_public(ip: IPAddress) -> bool:
-    """Routable on the public internet and not a range used for internal services."""
+    """Routable on the public internet and not a range used for internal services.
+
+    A pure function of the address (a dozen network scans in the stdlib's properties),
+    asked twice per send for the same buyer: remembered."""
     return ip.is_global and not (
         ip.is_private
         or ip.is_loopback
@@ -408,7 +412,7 @@ def _parse(url: str) -> Url:
     address that way.
     """
     try:
-        parsed = parse_url(url.lstrip())
+        parsed = _parse_url(url.lstrip())
     except urllib3.exceptions.LocationParseError as exc:
         raise InvalidURLError(f"invalid URL: {exc}") from exc
     scheme = (parsed.scheme or "").lower()
@@ -429,6 +433,11 @@ def _parse(url: str) -> Url:
     if reason := refusal_reason(ip):
         raise SSRFError(reason)
     return parsed
+
+
+# urllib3's parser is a pure function of the text and returns an immutable Url; a worker
+# calls the same few buyer URLs again and again.
+_parse_url = functools.lru_cache(maxsize=1024)(parse_url)
 
 
 def _port(parsed: Url) -> int:
