@@ -193,32 +193,78 @@ _ENDPOINT_COLUMNS = (
     "id_location", "id_key", "advertiser_key", "signing_secret_encrypted", "allowed_ips",
     "trigger_integration_id", "is_enabled",
 )  # fmt: skip
+
+
+def _fingerprint_sql(prefix: str = "") -> str:
+    """Every column the callback path decides with, and those that say the URL is live,
+    as one value: a request is stored only while it is what the process used."""
+    return f"md5(row({', '.join(prefix + c for c in (*_ENDPOINT_COLUMNS, 'deleted_at'))})::text)"
+
+
 _ENDPOINT_SQL = (
-    f"SELECT {', '.join(_ENDPOINT_COLUMNS)} FROM webhooks_webhookendpoint "  # noqa: S608
-    "WHERE webhook_id = %s AND deleted_at IS NULL"
+    f"SELECT {', '.join(_ENDPOINT_COLUMNS)}, {_fingerprint_sql()} "  # noqa: S608
+    "FROM webhooks_webhookendpoint WHERE webhook_id = %s AND deleted_at IS NULL"
 )
+# Endpoints as last read by this process, by webhook id: (row, fingerprint). Never trusted
+# on their own: the statement that stores a callback also checks, in the database, that
+# the endpoint is still live with this very token and configuration (fingerprint), and
+# stores nothing otherwise (then the endpoint is read again). A revoked or rotated
+# token, a deleted endpoint or a changed allowlist, secret or pairing thus takes effect
+# at once on every process; the memo only saves the lookup's round trip (bench-callbacks).
+_ENDPOINT_MEMO: dict[str, tuple[tuple[Any, ...], str]] = {}
+_ENDPOINT_MEMO_SIZE = 1000
+_TOKEN_AT = _ENDPOINT_COLUMNS.index("token_hash")
 
 
-def endpoint_for_token(*, webhook_id: str, token: str) -> WebhookEndpoint | None:
-    """The live, enabled endpoint this URL names, or None (unknown, revoked or a wrong
-    token are one answer). The token is compared by its hash in constant time."""
-    if len(webhook_id) > 64 or len(token) > 200:
-        return None
+def _endpoint_from(row: tuple[Any, ...], fingerprint: str, *, memo: bool) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint(**dict(zip(_ENDPOINT_COLUMNS, row, strict=True)))
+    endpoint.fingerprint = fingerprint  # type: ignore[attr-defined]
+    endpoint.from_memo = memo  # type: ignore[attr-defined]
+    return endpoint
+
+
+def _endpoint_read(webhook_id: str, hashed: str) -> WebhookEndpoint | None:
+    """The live endpoint from the database if ``hashed`` is its token's hash and it is
+    enabled (the memo is refreshed either way)."""
     # Hand-written: on the callback path the ORM spent ~1 ms of CPU building this query
     # (bench-callbacks); the columns are the ones the callback path reads.
     with connection.cursor() as cursor:
         cursor.execute(_ENDPOINT_SQL, [webhook_id])
         found = cursor.fetchone()
-    endpoint = (
-        WebhookEndpoint(**dict(zip(_ENDPOINT_COLUMNS, found, strict=True))) if found else None
-    )
-    given = token_hash(token)
-    if endpoint is None:
-        hmac.compare_digest(given, given)  # the same work either way
+    if found is None:
+        _ENDPOINT_MEMO.pop(webhook_id, None)
+        hmac.compare_digest(hashed, hashed)  # the same work either way
         return None
-    if not hmac.compare_digest(given, endpoint.token_hash) or not endpoint.is_enabled:
+    row, fingerprint = tuple(found[:-1]), found[-1]
+    endpoint = _endpoint_from(row, fingerprint, memo=False)
+    if not endpoint.is_enabled:
+        _ENDPOINT_MEMO.pop(webhook_id, None)
         return None
-    return endpoint
+    if len(_ENDPOINT_MEMO) >= _ENDPOINT_MEMO_SIZE:
+        _ENDPOINT_MEMO.clear()
+    _ENDPOINT_MEMO[webhook_id] = (row, fingerprint)
+    return endpoint if hmac.compare_digest(hashed, endpoint.token_hash) else None
+
+
+def endpoint_for_token(
+    *, webhook_id: str, token: str, fresh: bool = False
+) -> WebhookEndpoint | None:
+    """The live, enabled endpoint this URL names, or None (unknown, revoked or a wrong
+    token are one answer). The token is compared by its hash in constant time. Without
+    ``fresh`` it may come from this process's memo: then only for a callback that is
+    stored, which checks it again in the same statement (see ``_ENDPOINT_MEMO``)."""
+    if len(webhook_id) > 64 or len(token) > 200:
+        return None
+    hashed = token_hash(token)
+    known = None if fresh else _ENDPOINT_MEMO.get(webhook_id)
+    if known is not None and hmac.compare_digest(hashed, known[0][_TOKEN_AT]):
+        return _endpoint_from(*known, memo=True)
+    return _endpoint_read(webhook_id, hashed)
+
+
+def endpoint_memo_clear() -> None:
+    """Forget the endpoints this process read (tests)."""
+    _ENDPOINT_MEMO.clear()
 
 
 # --- rate limit for unknown URLs ----------------------------------------------------------------
@@ -260,6 +306,9 @@ def _answer(code: int, message: str) -> Answer:
 MATCHED = _answer(200, "Webhook received")
 DUPLICATE = _answer(200, "Webhook already received")
 NOT_FOUND = Answer(404, NOT_FOUND_BODY)
+# The same answer as NOT_FOUND, for a URL that is not (or no longer) live: the view also
+# counts it against the caller's address, like any unknown URL.
+UNKNOWN_URL = Answer(404, NOT_FOUND_BODY)
 
 
 def ip_allowed(allowed: str, ip: str) -> bool:
@@ -312,8 +361,12 @@ def _advertiser_id(endpoint: WebhookEndpoint, sent: str | None) -> int | None:
     return None
 
 
-def callback_receive(*, endpoint: WebhookEndpoint, call: Callback, ip: str, path: str) -> Answer:
-    """Store the callback, check it, and match it (or start the trigger's scenario)."""
+def callback_receive(
+    *, endpoint: WebhookEndpoint, call: Callback, ip: str, path: str, again: bool = True
+) -> Answer:
+    """Store the callback, check it, and match it (or start the trigger's scenario).
+    ``UNKNOWN_URL`` when the endpoint turned out revoked (the view answers as for an
+    unknown URL)."""
     identifier, advertiser_sent = _identifiers(endpoint, call)
     status, note, message_id = Inbound.RECEIVED, "", ""
     refusal: Answer | None = None
@@ -352,9 +405,18 @@ def callback_receive(*, endpoint: WebhookEndpoint, call: Callback, ip: str, path
         "identifier": (identifier or "")[:MAX_IDENTIFIER],
         "advertiser": (advertiser_sent or "")[:64],
         "message": message_id,
+        "fingerprint": getattr(endpoint, "fingerprint", ""),
     }
     inbound_id = _inbound_insert(values)
     if inbound_id is None:
+        current = _endpoint_read(endpoint.webhook_id, endpoint.token_hash)
+        if current is None:
+            return UNKNOWN_URL  # revoked, rotated or deleted since this process read it
+        if current.fingerprint != values["fingerprint"] or not message_id:  # type: ignore[attr-defined]
+            if not again:
+                return _answer(503, "The webhook changed while receiving this call: retry")
+            # Changed since this process read it: decide again with what it is now.
+            return callback_receive(endpoint=current, call=call, ip=ip, path=path, again=False)
         # The unique (endpoint, message id) refused it: a replay of a signed message.
         values.update(
             message="", status=Inbound.REPLAY, note=f"webhook-id {message_id} seen before"
@@ -384,11 +446,20 @@ _INBOUND_VALUES = """
     %(headers)s::jsonb, %(content_type)s, %(body)s, %(ip)s, %(at)s, %(status)s,
     %(note)s, %(identifier)s, %(advertiser)s, %(message)s
 """
+# Stored only while the endpoint is live with the token and configuration this process
+# decided with (it may have come from the memo): see _ENDPOINT_MEMO.
+_INBOUND_GUARD = f"""
+    WHERE EXISTS (SELECT 1 FROM webhooks_webhookendpoint e
+                  WHERE e.id = %(endpoint)s AND e.deleted_at IS NULL AND e.is_enabled
+                    AND {_fingerprint_sql("e.")} = %(fingerprint)s)
+"""  # noqa: S608 - constants only, values bound
 _INBOUND_CONFLICT = """
     ON CONFLICT (endpoint_id, message_id) WHERE message_id <> '' DO NOTHING
     RETURNING id
 """
-_INBOUND_INSERT = f"{_INBOUND_COLUMNS} VALUES ({_INBOUND_VALUES}) {_INBOUND_CONFLICT}"
+_INBOUND_INSERT = (
+    f"{_INBOUND_COLUMNS} SELECT {_INBOUND_VALUES} {_INBOUND_GUARD} {_INBOUND_CONFLICT}"  # noqa: S608
+)
 # Its own transaction, committed without waiting for the WAL flush (synchronous_commit
 # off for this statement only: set_config(..., true) is SET LOCAL). The row is committed
 # and visible at once, so it is stored before it is processed; it is on disk before
@@ -400,13 +471,14 @@ _INBOUND_INSERT = f"{_INBOUND_COLUMNS} VALUES ({_INBOUND_VALUES}) {_INBOUND_CONF
 _INBOUND_INSERT_ASYNC = (
     f"{_INBOUND_COLUMNS} SELECT {_INBOUND_VALUES} "  # noqa: S608 - constants, values bound
     "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit "
-    f"{_INBOUND_CONFLICT}"
+    f"{_INBOUND_GUARD} {_INBOUND_CONFLICT}"
 )
 
 
 def _inbound_insert(values: dict[str, Any]) -> int | None:
     """Store the raw callback (its own transaction: committed before anything else);
-    None when its signed message id was seen before. Hand-written like the endpoint
+    None when its signed message id was seen before, or when the endpoint is no longer
+    what the caller read (revoked, rotated, changed). Hand-written like the endpoint
     lookup: the ORM's save cost more than the insert itself on this path."""
     # Inside a caller's transaction the setting would cover that whole transaction.
     sql = _INBOUND_INSERT if connection.in_atomic_block else _INBOUND_INSERT_ASYNC

@@ -33,6 +33,14 @@ def webhook_step_registered() -> Iterator[None]:
         registry.ELEMENT_HANDLERS[Kind.WEBHOOK] = previous
 
 
+@pytest.fixture(autouse=True)
+def endpoint_memo_cleared() -> Iterator[None]:
+    # Each test starts as a fresh process would (services._ENDPOINT_MEMO).
+    services.endpoint_memo_clear()
+    yield
+    services.endpoint_memo_clear()
+
+
 def make_lead(setup: Any, **extra: Any) -> Lead:
     return Lead.objects.create(
         workspace=setup.workspace,
