@@ -98,6 +98,7 @@ POOL_SIZE = 32
 POOL_IDLE_CLOSE_SECONDS = 10.0
 CENT = Decimal("0.0001")
 NOT_SENT_PREFIX = "Not sent"
+NOT_COUNTED = "accepted after the lead was sold elsewhere: not counted"
 
 RunStatus = ScenarioRun.Status
 IN_FLIGHT = (ResultStage.PINGED, ResultStage.POSTED)
@@ -584,17 +585,61 @@ def distribution_run(*, distribution_id: int, budget_seconds: float | None = Non
     if dist is None:
         return Distribution.objects.get(pk=distribution_id)
     lead = Lead.objects.select_related("workspace", "partner", "structure").get(pk=dist.lead_id)
+    return _drive(dist, lead, budget_seconds=budget_seconds, fresh=False)
+
+
+def _drive(
+    dist: Distribution, lead: Lead, *, budget_seconds: float | None, fresh: bool
+) -> Distribution:
+    """Drive a distribution this thread has claimed; returns it as it now is."""
     with structlog.contextvars.bound_contextvars(lead_id=lead.pcid, distribution_id=dist.pk):
-        driver = _Driver(dist=dist, lead=lead, budget_seconds=budget_seconds)
+        driver = _Driver(dist=dist, lead=lead, budget_seconds=budget_seconds, fresh=fresh)
         driver.drive()
-    return Distribution.objects.get(pk=distribution_id)
+    if driver.finished:
+        return driver.dist  # as _finish wrote it: no need to read it back
+    return Distribution.objects.get(pk=dist.pk)
+
+
+def _distribution_create_claimed(*, lead: Lead) -> Distribution | None:
+    """The lead's distribution created already claimed by this driver (running, attempt
+    1, its lease): what distribution_ensure + _claim would leave, in one INSERT. None
+    when it exists already (the unique lead key) or no tree serves the lead: the caller
+    takes the general path."""
+    tree = tree_for_lead(lead)
+    if tree is None:
+        return None
+    now = timezone.now()
+    deadline = now + timedelta(seconds=tree.deadline_seconds)
+    lease = max(deadline, now) + LEASE_MARGIN
+    dist = Distribution(
+        workspace_id=lead.workspace_id,
+        lead=lead,
+        tree=tree,
+        is_test=lead.is_test,
+        status=DistributionStatus.RUNNING,
+        attempt=1,
+        lease_until=lease,
+        next_check_at=lease,
+        started_at=now,
+        deadline_at=deadline,
+    )
+    try:
+        # In autocommit a failed INSERT costs nothing; inside a transaction it needs a
+        # savepoint.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            dist.save(force_insert=True)
+    except IntegrityError:
+        return None
+    return dist
 
 
 def distribution_for_lead_run(*, lead_id: int) -> Distribution | None:
     """The task's entry point by lead: ensure and drive. An approved lead is distributed;
     a pending one only through the refusal policy's ping tree gate; a rejected one when
     the policy processes refused leads (without paying the partner)."""
-    lead = Lead.objects.select_related("workspace").filter(pk=lead_id).first()
+    lead = (
+        Lead.objects.select_related("workspace", "partner", "structure").filter(pk=lead_id).first()
+    )
     if lead is None:
         return None
     if lead.status == LeadStatus.REJECTED:
@@ -602,6 +647,9 @@ def distribution_for_lead_run(*, lead_id: int) -> Distribution | None:
             return None
     elif lead.status != LeadStatus.APPROVED:
         return Distribution.objects.filter(lead_id=lead_id).first()
+    dist = _distribution_create_claimed(lead=lead)
+    if dist is not None:
+        return _drive(dist, lead, budget_seconds=None, fresh=True)
     dist = distribution_ensure(lead=lead)
     return distribution_run(distribution_id=dist.pk)
 
@@ -623,7 +671,9 @@ class _Stop(Exception):
 class _Driver:
     """Walks one claimed distribution through its tree."""
 
-    def __init__(self, *, dist: Distribution, lead: Lead, budget_seconds: float | None) -> None:
+    def __init__(
+        self, *, dist: Distribution, lead: Lead, budget_seconds: float | None, fresh: bool = False
+    ) -> None:
         self.dist = dist
         self.lead = lead
         self.tree = dist.tree
@@ -635,9 +685,11 @@ class _Driver:
             else self.deadline
         )
         self.tz = lead.workspace.timezone
-        self.results: dict[int, OfferResult] = {
-            r.offer_id: r for r in OfferResult.objects.filter(distribution=dist)
-        }
+        # A distribution this driver has just created has no result rows yet.
+        self.results: dict[int, OfferResult] = (
+            {} if fresh else {r.offer_id: r for r in OfferResult.objects.filter(distribution=dist)}
+        )
+        self.finished = False
         self.external_checks: dict[str, bool] = {}
         self._ping_cache: dict[int, bool] = {}
         self._states: dict[int, tuple[str, int] | None] = {}
@@ -656,8 +708,9 @@ class _Driver:
                 ):
                     if self._time_up():
                         break
+                    # Only this driver's attempt can sell (every sale is conditional on
+                    # it), and _sale counts each in memory: no need to read them back.
                     self._tier_run(tier)
-                    self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
                     if self.dist.sold_count:
                         break  # the first tier that sells ends the tree
             if (
@@ -863,7 +916,6 @@ class _Driver:
                 continue
             if self._post(cand, cand.result, until):
                 sales += 1
-                self.dist.refresh_from_db(fields=["sold_count", "is_exclusive_sold"])
                 if self.dist.is_exclusive_sold:
                     max_sales = sales
         if losers:
@@ -1418,6 +1470,87 @@ class _Driver:
         redirect = str(outcome.captured.get("redirect_url") or row.redirect_url or "")[:2000]
         buyer_lead_id = str(outcome.captured.get("buyer_lead_id") or row.buyer_lead_id or "")
         counted = Decimal("0") if self.lead.is_test else price
+        reason = outcome.reason or "accepted"
+        if connection.vendor == "postgresql" and (
+            self.lead.is_test or not any(c.is_active for c in offer.caps.all())
+        ):
+            # No cap to settle: the sale and its row in one statement (atomic by itself).
+            sold = self._sale_statement(
+                row, exclusive=exclusive, counted=counted, redirect=redirect, values=[
+                    ResultStage.POSTED, ResultStatus.ACCEPTED, ResultStatus.ACCEPTED,
+                    outcome.ms, price, redirect, buyer_lead_id[:255], outcome.log_id,
+                ],
+                reason=reason,
+            )  # fmt: skip
+            self._result_sold(row, outcome, price, redirect, buyer_lead_id, reason, sold)
+        else:
+            sold = self._sale_transaction(
+                offer, row, outcome, price, exclusive, redirect, buyer_lead_id, counted
+            )
+        if not sold:
+            self._release(row)
+            return False
+        self.dist.sold_count += 1
+        self.dist.is_exclusive_sold = self.dist.is_exclusive_sold or exclusive
+        self.dist.revenue += counted
+        self.dist.margin += counted
+        if redirect and not self.dist.redirect_url:
+            self.dist.redirect_url = redirect
+        log.info("pingtree.sold", offer_id=offer.pk, price=str(price))
+        return True
+
+    def _sale_statement(
+        self, row: OfferResult, *, exclusive: bool, counted: Decimal, redirect: str,
+        values: list[Any], reason: str,
+    ) -> bool:  # fmt: skip
+        """Count the sale on the distribution (still our attempt, running, not sold
+        exclusively, no sale yet for an exclusive offer) and record the row's answer,
+        sold or not, in one statement. True when it counted."""
+        sql = _sql_texts.get("sale")
+        if sql is None:
+            q = connection.ops.quote_name
+            dist_t, result_t = q(Distribution._meta.db_table), q(OfferResult._meta.db_table)
+            sql = _sql_texts["sale"] = (
+                f"WITH d AS (UPDATE {dist_t} SET sold_count = sold_count + 1, "  # noqa: S608
+                "is_exclusive_sold = %s, revenue = revenue + %s, margin = margin + %s, "
+                "redirect_url = CASE WHEN redirect_url = '' THEN %s ELSE redirect_url END "
+                "WHERE id = %s AND attempt = %s AND status = 'running' "
+                "AND NOT is_exclusive_sold AND (NOT %s OR sold_count = 0) RETURNING id) "
+                f"UPDATE {result_t} SET stage = %s, status = %s, post_status = %s, "
+                "post_ms = %s, price = %s, redirect_url = %s, buyer_lead_id = %s, "
+                "post_log_id = COALESCE(%s, post_log_id), "
+                "reason = CASE WHEN EXISTS (SELECT 1 FROM d) THEN %s ELSE %s END, "
+                "is_sold = EXISTS (SELECT 1 FROM d), finished_at = %s "
+                "WHERE id = %s RETURNING is_sold"
+            )
+        params = [
+            exclusive, counted, counted, redirect, self.dist.pk, self.dist.attempt, exclusive,
+            *values, reason, NOT_COUNTED, timezone.now(), row.pk,
+        ]  # fmt: skip
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return bool(cursor.fetchone()[0])
+
+    def _result_sold(
+        self, row: OfferResult, outcome: CallOutcome, price: Decimal, redirect: str,
+        buyer_lead_id: str, reason: str, sold: bool,
+    ) -> None:  # fmt: skip
+        """The row in memory as _sale_statement wrote it."""
+        row.stage, row.status, row.post_status = (
+            ResultStage.POSTED, ResultStatus.ACCEPTED, ResultStatus.ACCEPTED,
+        )  # fmt: skip
+        row.post_ms, row.price, row.redirect_url = outcome.ms, price, redirect
+        row.buyer_lead_id = buyer_lead_id[:255]
+        if outcome.log_id:
+            row.post_log_id = outcome.log_id
+        row.reason = reason[:500] if sold else NOT_COUNTED
+        row.is_sold, row.finished_at = sold, timezone.now()
+
+    def _sale_transaction(
+        self, offer: Offer, row: OfferResult, outcome: CallOutcome, price: Decimal,
+        exclusive: bool, redirect: str, buyer_lead_id: str, counted: Decimal,
+    ) -> bool:  # fmt: skip
+        """The sale with its caps settled, in one transaction. True when it counted."""
         with transaction.atomic():
             sale_ok = Q(is_exclusive_sold=False) & (Q(sold_count=0) if exclusive else Q())
             sold = (
@@ -1442,7 +1575,7 @@ class _Driver:
             if outcome.log_id:
                 fields["post_log_id"] = outcome.log_id
             if not sold:
-                fields["reason"] = "accepted after the lead was sold elsewhere: not counted"
+                fields["reason"] = NOT_COUNTED
             self._result_update(row, finished=True, **fields)
             if sold and not self.lead.is_test:
                 self._settle_revenue_caps(offer, row, price)
@@ -1450,13 +1583,7 @@ class _Driver:
                 Distribution.objects.filter(pk=self.dist.pk, redirect_url="").update(
                     redirect_url=redirect
                 )
-        if not sold:
-            self._release(row)
-            return False
-        self.dist.sold_count += 1
-        self.dist.is_exclusive_sold = self.dist.is_exclusive_sold or exclusive
-        log.info("pingtree.sold", offer_id=offer.pk, price=str(price))
-        return True
+        return bool(sold)
 
     def _settle_revenue_caps(self, offer: Offer, row: OfferResult, price: Decimal) -> None:
         """The revenue reserved was the expected price; count the real one."""
@@ -1536,7 +1663,9 @@ class _Driver:
     # -- finishing -----------------------------------------------------------------------
 
     def _finish(self) -> None:
-        dist = Distribution.objects.get(pk=self.dist.pk)
+        # The distribution as this driver knows it: read at its claim, and every sale
+        # since is ours (conditional on our attempt) and counted in memory by _sale.
+        dist = self.dist
         sold = dist.sold_count > 0
         revenue = Decimal("0") if dist.is_test else dist.revenue
         payout = Decimal("0")
@@ -1549,34 +1678,39 @@ class _Driver:
             reason = "The ping tree's deadline passed before a buyer bought the lead."
         else:
             reason = self._unsold_reason()
+        now = timezone.now()
+        final = {
+            "status": DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
+            "reason": reason[:500],
+            "revenue": revenue,
+            "payout": payout,
+            "margin": revenue - payout,
+            "finished_at": now,
+            "lease_until": None,
+            "next_check_at": None,
+        }
         with transaction.atomic():
             done = Distribution.objects.filter(
                 pk=dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
-            ).update(
-                status=DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
-                reason=reason[:500],
-                revenue=revenue,
-                payout=payout,
-                margin=revenue - payout,
-                finished_at=timezone.now(),
-                lease_until=None,
-                next_check_at=None,
-            )
+            ).update(**final)
             if not done:
                 raise _Stop
             # Valid bids never posted (the lead sold first, or the time ran out).
-            OfferResult.objects.filter(distribution=dist, finished_at__isnull=True).update(
-                status=ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
-                reason="not posted: the lead was sold" if sold else "not posted in time",
-                finished_at=timezone.now(),
-            )
-            if sold:
-                buyers = ", ".join(
-                    str(r.offer)
-                    for r in OfferResult.objects.filter(distribution=dist, is_sold=True)
-                    .select_related("offer")
-                    .order_by("position")
+            open_rows = [r for r in self.results.values() if r.finished_at is None]
+            if open_rows:
+                left = {
+                    "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
+                    "reason": "not posted: the lead was sold" if sold else "not posted in time",
+                    "finished_at": now,
+                }
+                OfferResult.objects.filter(distribution=dist, finished_at__isnull=True).update(
+                    **left
                 )
+                for row in open_rows:
+                    for key, value in left.items():
+                        setattr(row, key, value)
+            if sold:
+                buyers = ", ".join(str(r.offer) for r in self._rows_with_offers() if r.is_sold)
                 _history(
                     dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
                     {"revenue": str(revenue), "payout": str(payout)},
@@ -1586,7 +1720,22 @@ class _Driver:
             lead_id = self.lead.pk
             if lead_status == LeadStatus.PENDING:
                 transaction.on_commit(lambda: _lead_process_later(lead_id), robust=True)
+        for key, value in final.items():
+            setattr(dist, key, value)
+        self.finished = True
         log.info("pingtree.finished", sold=sold, revenue=str(revenue))
+
+    def _rows_with_offers(self) -> list[OfferResult]:
+        """This distribution's result rows in order, with their offers: from memory (the
+        driver holds every row: read at its start, or written by it), the offers of
+        rows read at the start loaded in one query."""
+        rows = sorted(self.results.values(), key=lambda r: (r.position, r.pk or 0))
+        missing = [r for r in rows if not OfferResult.offer.is_cached(r)]
+        if missing:
+            offers = Offer.objects.in_bulk({r.offer_id for r in missing})
+            for row in missing:
+                row.offer = offers[row.offer_id]
+        return rows
 
     def _left_untried(self) -> bool:
         if self.tree is None:
@@ -1606,10 +1755,7 @@ class _Driver:
         return found
 
     def _unsold_reason(self) -> str:
-        rows = list(
-            OfferResult.objects.filter(distribution=self.dist).select_related("offer")
-            .order_by("position")
-        )  # fmt: skip
+        rows = self._rows_with_offers()
         if not rows:
             return "No offer in the ping tree."
         if all(r.status == ResultStatus.SKIPPED for r in rows):
