@@ -13,8 +13,10 @@ RequestLog row (secrets masked), plus its two production log lines (JSON, to
 Bare is what a hand-written client would do: one ``requests.Session`` posting the same
 body with the same headers and parsing the JSON answer. Both talk to the same sink (a
 small asyncio HTTP/1.1 server with keep-alive in a subprocess, ``integration_sink.py``),
-sequentially, N calls per round, alternating bare, ours, bare, ours, ...; the figures are
-medians of the rounds' per-call times. Our time is then broken down phase by phase in a
+sequentially. Each round makes N calls per side, the sides alternating in blocks of 100
+calls (so a burst of load from the other engineers' suites on this shared machine falls
+on both sides); a round's ratio is its bare time over its our time, and the result is
+the median of the rounds' ratios. Our time is then broken down phase by phase in a
 separate loop (the same calls, timed piece by piece).
 
 Ends with exactly ``RESULT integration ratio=<bare time/our time> target=0.75 PASS|FAIL``
@@ -40,7 +42,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,12 +85,12 @@ BODY_FIELDS = [
 ]
 PHASES = ["config", "build", "send", "read", "log write", "rest"]
 PHASE_NOTES = {
-    "config": "step_spec: headers, query, body, rules, captures (5 SELECTs) + decrypt",
+    "config": "status/version SELECT + the step's spec from the per-process cache",
     "build": "build_request: render 12 templates, nest, JSON, auth header",
     "send": "outbound.send: guard, deadline watch, urllib3 pool, capped read, log line",
     "read": "read_response: parse JSON, rule, 2 captures, trace",
-    "log write": "RequestLog INSERT (masking, autocommit)",
-    "rest": "lead_context + the integration.request log line + call overhead",
+    "log write": "masking + RequestLog INSERT (autocommit, no wait for the WAL flush)",
+    "rest": "lead_context + the call's one log line + call overhead",
 }
 
 
@@ -322,9 +323,9 @@ def breakdown(step: Any, lead: Any, n: int) -> dict[str, float]:
         t1 = clock()
         spec = services.step_spec(step)
         t2 = clock()
-        built = build_request(spec, context)
+        built = build_request(spec, {**context, "SECRET": spec.auth_secret})
         t3 = clock()
-        result = outbound.send(built.to_outbound())
+        result = outbound.send(built.to_outbound(), log_line=False)
         t4 = clock()
         outcome = read_response(spec, built, result, context)
         t5 = clock()
@@ -332,7 +333,8 @@ def breakdown(step: Any, lead: Any, n: int) -> dict[str, float]:
         t6 = clock()
         services.log.info(
             "integration.request", integration_id=step.integration_id, request_id=step.pk,
-            sent=True, outcome=outcome.kind, status=result.status_code, ms=result.elapsed_ms,
+            sent=True, outcome=outcome.kind, ms=result.elapsed_ms,
+            **outbound.log_fields(result),
         )  # fmt: skip
         t7 = clock()
         totals["rest"] += (t1 - t0) + (t7 - t6)
@@ -378,17 +380,6 @@ def profile(step: Any, lead: Any, n: int, top: int = 16) -> str:
     return ours.getvalue()
 
 
-def timer_thread_cost(n: int = 2000) -> float:
-    """ms per threading.Timer start + cancel (outbound.send starts one per call)."""
-    start = time.perf_counter()
-    for _ in range(n):
-        timer = threading.Timer(60, lambda: None)
-        timer.daemon = True
-        timer.start()
-        timer.cancel()
-    return (time.perf_counter() - start) / n * 1e3
-
-
 def commit_cost(step: Any, lead: Any, n: int = 500) -> tuple[float, float]:
     """ms per RequestLog INSERT in autocommit with synchronous_commit on, then off."""
     from django.db import connection
@@ -416,122 +407,102 @@ def commit_cost(step: Any, lead: Any, n: int = 500) -> tuple[float, float]:
     return figures[0], figures[1]
 
 
+def interleaved(
+    step: Any, lead: Any, bare: Callable[[int], float], n: int, block: int, tallies: dict
+) -> tuple[float, float]:
+    """Seconds for n calls per side, the sides alternating in blocks of `block` calls
+    (which side goes first alternates too), so that a burst of load from elsewhere on
+    this shared machine falls on both sides rather than on one side's whole round."""
+    spent = {"bare": 0.0, "ours": 0.0}
+    done = 0
+    while done < n:
+        k = min(block, n - done)
+        order = ("bare", "ours") if (done // block) % 2 == 0 else ("ours", "bare")
+        for side in order:
+            if side == "bare":
+                spent["bare"] += bare(k)
+            else:
+                spent["ours"] += ours_loop(step, lead, k, tallies["ours"])
+        done += k
+    return spent["bare"], spent["ours"]
+
+
 def candidate(
-    step: Any, lead: Any, n: int, patches: list[Callable[[], Callable[[], None]]]
-) -> float:
-    """ms per call of ours with prototype changes applied (patched here, in this process
-    only: no product code changes)."""
+    step: Any,
+    lead: Any,
+    bare: Callable[[int], float],
+    n: int,
+    block: int,
+    patches: list[Callable[[], Callable[[], None]]],
+) -> tuple[float, float]:
+    """(bare, ours) ms per call, interleaved, with prototype changes applied to ours
+    (patched here, in this process only: no product code changes)."""
     undos = [patch() for patch in patches]
     try:
-        tally = Tally()
-        ours_loop(step, lead, min(200, n), tally)  # warm
-        ms = ours_loop(step, lead, n, tally) / n * 1e3
-        if tally.errors or tally.wrong:
-            raise SystemExit(f"candidate broke the calls: {tally}")
-        return ms
+        tallies = {"ours": Tally()}
+        ours_loop(step, lead, min(200, n), tallies["ours"])  # warm
+        bare_s, ours_s = interleaved(step, lead, bare, n, block, tallies)
+        if tallies["ours"].errors or tallies["ours"].wrong:
+            raise SystemExit(f"candidate broke the calls: {tallies['ours']}")
+        return bare_s / n * 1e3, ours_s / n * 1e3
     finally:
         for undo in reversed(undos):
             undo()
 
 
-def memo_config() -> Callable[[], None]:
-    """The step's configuration (spec with the decrypted secret) loaded once per process,
-    as a versioned memo would serve it between configuration changes."""
+def sync_commit() -> Callable[[], None]:
+    """The log row committed synchronously, as before d7dcbfe (waits for the WAL flush)."""
     from integrations import services
 
-    original = services.step_spec
+    original = services._log_insert_own_sql_text
+    services._log_insert_own_sql_text = services.log_insert_sql_text
+
+    def undo() -> None:
+        services._log_insert_own_sql_text = original
+
+    return undo
+
+
+def no_state_read() -> Callable[[], None]:
+    """UNSAFE, for scale only: no status/version SELECT before the call (an operator's
+    change would not apply to the next call). What the guarantee costs."""
+    from integrations import step_cache
+
+    original = step_cache.integration_state
     memo: dict[int, Any] = {}
 
-    def cached(step: Any, *, with_secret: bool = True) -> Any:
-        if not with_secret:
-            return original(step, with_secret=False)
-        if step.pk not in memo:
-            memo[step.pk] = original(step)
-        return memo[step.pk]
+    def remembered(integration_id: int) -> Any:
+        if integration_id not in memo:
+            memo[integration_id] = original(integration_id)
+        return memo[integration_id]
 
-    services.step_spec = cached
+    step_cache.integration_state = remembered
 
     def undo() -> None:
-        services.step_spec = original
+        step_cache.integration_state = original
 
     return undo
 
 
-def async_commit() -> Callable[[], None]:
-    """Log rows committed with synchronous_commit off: no wait for the WAL flush (a row
-    can be lost only if PostgreSQL itself crashes; the lead's own writes keep theirs)."""
-    from django.db import connection
+def no_log_row() -> Callable[[], None]:
+    """UNSAFE, for scale only: the log row built and masked but never written."""
+    from integrations import services
 
-    with connection.cursor() as cursor:
-        cursor.execute("SET synchronous_commit TO off")
-
-    def undo() -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SET synchronous_commit TO DEFAULT")
-
-    return undo
-
-
-def batched_log(size: int = 100) -> Callable[[], Callable[[], None]]:
-    """Log rows kept in memory and written with one bulk INSERT per `size` calls."""
-
-    def patch() -> Callable[[], None]:
-        from integrations.models import RequestLog
-
-        manager = RequestLog.objects
-        buffer: list[Any] = []
-
-        def create(**fields: Any) -> Any:
-            row = RequestLog(**fields)
-            buffer.append(row)
-            if len(buffer) >= size:
-                flush()
-            return row
-
-        def flush() -> None:
-            manager.bulk_create(buffer)
-            buffer.clear()
-
-        manager.create = create
-
-        def undo() -> None:
-            flush()
-            del manager.create
-
-        return undo
-
-    return patch
-
-
-def no_timer_thread() -> Callable[[], None]:
-    """outbound.send without its per-call deadline thread (a shared watchdog thread, or
-    socket deadlines, would keep the guarantee without starting a thread per call)."""
-    from integrations import outbound
-
-    class _NoTimer:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.daemon = True
-
-        def start(self) -> None:
-            pass
-
-        def cancel(self) -> None:
-            pass
-
-    original = outbound.threading.Timer
-    outbound.threading.Timer = _NoTimer  # the threading module itself: restored below
+    original = services._log_insert
+    services._log_insert = lambda entry: None
 
     def undo() -> None:
-        outbound.threading.Timer = original
+        services._log_insert = original
 
     return undo
 
 
 CANDIDATES: list[tuple[str, list[Callable[[], Callable[[], None]]]]] = [
-    ("A  configuration memoised per process", [memo_config]),
-    ("B  A + log row committed asynchronously", [memo_config, async_commit]),
-    ("C  A + log rows bulk-inserted per 100 calls", [memo_config, batched_log(100)]),
-    ("D  C + no deadline thread per send", [memo_config, batched_log(100), no_timer_thread]),
+    ("as is", []),
+    ("log row committed synchronously (as before)", [sync_commit]),
+    ("UNSAFE: no status/version read", [no_state_read]),
+    ("UNSAFE: no log row written", [no_log_row]),
+    ("UNSAFE: neither (HTTP, build, read only)", [no_state_read, no_log_row]),
 ]
 
 
@@ -585,6 +556,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bare/ours pairs; medians taken")
     parser.add_argument("--warmup", type=int, default=200, help="calls per side before rounds")
     parser.add_argument(
+        "--block", type=int, default=100, help="calls per side before the sides alternate"
+    )
+    parser.add_argument(
         "--no-analysis",
         action="store_true",
         help="skip the breakdown, profile and candidates (ratio only)",
@@ -637,27 +611,32 @@ def measure(args: argparse.Namespace, sink: Sink, t_start: float) -> int:
         f"body {len(built.body or b'')} bytes, {len(BODY_FIELDS)} fields"
     )
     say(
-        f"warm-up {args.warmup} calls per side, then {args.rounds} x (bare, ours) x "
-        f"{args.calls} calls, sequential"
+        f"warm-up {args.warmup} calls per side, then {args.rounds} rounds of {args.calls} "
+        f"calls per side, sequential, the sides alternating in blocks of {args.block}"
     )
     statements = statements_per_call(step, lead)
 
     tallies = {"bare": Tally(), "ours": Tally()}
-    bare_loop(session, sink.url, body, headers, args.warmup, tallies["bare"])
+
+    def bare(k: int) -> float:
+        return bare_loop(session, sink.url, body, headers, k, tallies["bare"])
+
+    bare(args.warmup)
     ours_loop(step, lead, args.warmup, tallies["ours"])
     per_call: dict[str, list[float]] = {"bare": [], "ours": []}
+    ratios: list[float] = []
     for r in range(args.rounds):
-        seconds = bare_loop(session, sink.url, body, headers, args.calls, tallies["bare"])
-        per_call["bare"].append(seconds / args.calls * 1e3)
-        seconds = ours_loop(step, lead, args.calls, tallies["ours"])
-        per_call["ours"].append(seconds / args.calls * 1e3)
+        bare_s, ours_s = interleaved(step, lead, bare, args.calls, args.block, tallies)
+        per_call["bare"].append(bare_s / args.calls * 1e3)
+        per_call["ours"].append(ours_s / args.calls * 1e3)
+        ratios.append(bare_s / ours_s)
         say(
             f"  round {r + 1}: bare {per_call['bare'][-1]:6.3f} ms/call   "
-            f"ours {per_call['ours'][-1]:6.3f} ms/call"
+            f"ours {per_call['ours'][-1]:6.3f} ms/call   ratio {ratios[-1]:.2f}"
         )
     bare_ms = statistics.median(per_call["bare"])
     ours_ms = statistics.median(per_call["ours"])
-    ratio = bare_ms / ours_ms if ours_ms else 0.0
+    ratio = statistics.median(ratios)
     logged = RequestLog.objects.filter(integration_id=step.integration_id).count()
     # One extra call of ours counted the statements. (Checked now: the analysis below
     # writes rows of its own.)
@@ -674,7 +653,11 @@ def measure(args: argparse.Namespace, sink: Sink, t_start: float) -> int:
     for side, ms in (("bare", bare_ms), ("ours", ours_ms)):
         t = tallies[side]
         say(f"{side:6} {ms:8.3f} {1e3 / ms:8.0f} {t.errors:7d} {t.wrong:13d}")
-    say(f"(medians of {args.rounds} rounds of {args.calls} calls; warm-up included in counts)")
+    say(
+        f"(medians of {args.rounds} rounds of {args.calls} calls per side, alternating in "
+        f"blocks of {args.block}; ratio = median of the rounds' ratios; warm-up included "
+        "in counts)"
+    )
     say(f"log rows of ours: {logged} for {expected_logs} calls; app log lines in {log_path}")
     say(f"TCP connections opened to the sink: bare {opened['bare']}, ours {opened['ours']}")
     say(f"SQL statements per call of ours: {len(statements)}")
@@ -697,7 +680,6 @@ def measure(args: argparse.Namespace, sink: Sink, t_start: float) -> int:
         )
         say()
         say("measured micro-figures:")
-        say(f"  threading.Timer start+cancel: {timer_thread_cost():.3f} ms (one per send)")
         on, off = commit_cost(step, lead)
         say(f"  RequestLog INSERT, autocommit: {on:.3f} ms synchronous_commit on, {off:.3f} off")
         orm, orm_cpu, raw = orm_against_raw(step)
@@ -708,10 +690,13 @@ def measure(args: argparse.Namespace, sink: Sink, t_start: float) -> int:
         say(f"  one INFO log line (structlog JSON to a file): {log_line_cost():.3f} ms")
         say()
         m = max(500, args.calls // 2)
-        say(f"candidates ({m} calls each; prototypes patched in this process only), ms/call:")
+        say(
+            f"candidates ({m} calls per side, interleaved with bare as above; prototypes "
+            "patched in this process only), ms/call:"
+        )
         for label, patches in CANDIDATES:
-            ms = candidate(step, lead, m, patches)
-            say(f"  {label:48} {ms:7.3f}  ratio {bare_ms / ms:.2f}")
+            bare_c, ours_c = candidate(step, lead, bare, m, args.block, patches)
+            say(f"  {label:46} ours {ours_c:6.3f}  bare {bare_c:6.3f}  ratio {bare_c / ours_c:.2f}")
         say()
         k = min(500, args.calls)
         say(f"profile of {k} calls of ours (cProfile inflates times; compare the shares):")

@@ -252,9 +252,7 @@ def _log_insert(entry: RequestLog) -> None:
     sql, params = log_insert_sql(entry)
     if connection.get_autocommit() and not connection.in_atomic_block:
         sql = _log_insert_own_sql_text()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        entry.pk = cursor.fetchone()[0]
+    entry.pk = step_cache.fetch_one(sql, params)[0]
     entry._state.adding = False
     entry._state.db = connection.alias
 

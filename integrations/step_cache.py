@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection
@@ -92,10 +93,44 @@ def integration_state(integration_id: int) -> tuple[str, int] | None:
             f"SELECT {q('status')}, {q('config_version')} "  # noqa: S608 - names from the model
             f"FROM {q(Integration._meta.db_table)} WHERE {q('id')} = %s"
         )
-    with connection.cursor() as cursor:
-        cursor.execute(_state_sql, [integration_id])
-        row = cursor.fetchone()
+    row = fetch_one(_state_sql, [integration_id])
     return (row[0], row[1]) if row else None
+
+
+_held = threading.local()
+
+
+def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """Run one statement on the default connection and return its first row.
+
+    The two statements of every buyer call (this version read and the log INSERT) go
+    straight to a psycopg cursor kept per thread and connection, doing what Django's
+    cursor does around it (health check, connect, thread and broken-transaction checks,
+    error translation) but not building a cursor and its wrapper each time (~0.03 ms
+    each, docs/benchmarks.md). Whenever something watches Django's cursors (query
+    logging: DEBUG, tests' CaptureQueriesContext; execute wrappers: instrumentation),
+    Django's cursor is used so that they see the statement.
+    """
+    if (
+        connection.vendor != "postgresql"
+        or connection.queries_logged
+        or connection.execute_wrappers
+    ):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    connection.validate_no_broken_transaction()
+    raw = connection.connection
+    held = getattr(_held, "cursor", None)
+    if held is None or held[0] is not raw:
+        held = _held.cursor = (raw, raw.cursor())
+    cursor = held[1]
+    with connection.wrap_database_errors:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _key(step: RequestStep, version: int) -> tuple[Any, ...]:

@@ -90,3 +90,16 @@ def test_inside_a_callers_transaction_the_log_row_is_part_of_it(step, lead):
         raise Rollback
 
     assert not RequestLog.objects.filter(pk=run.log.pk).exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the psycopg path")
+def test_the_held_cursor_answers_and_raises_djangos_errors(step):
+    from django.db import DataError
+
+    assert step_cache.fetch_one("SELECT %s::int + 1", [41]) == (42,)
+    with pytest.raises(DataError):
+        step_cache.fetch_one("SELECT 1 / %s::int", [0])
+    # The connection is still usable: autocommit, the failed statement ended its own.
+    assert step_cache.fetch_one(
+        "SELECT status FROM integrations_integration WHERE id = %s", [step.integration_id]
+    ) == ("enabled",)
