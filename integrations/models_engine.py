@@ -189,6 +189,7 @@ class ScenarioRun(models.Model):
         on_delete=models.CASCADE,
         related_name="runs",
         verbose_name="integration",
+        db_index=False,  # run_integration_time leads with it
     )
     lead = models.ForeignKey(
         "structures.Lead",

@@ -226,7 +226,12 @@ def _run_insert(
     graph: Any,
 ) -> None:
     """PostgreSQL: the run, its starts (done) and the steps they lead to (due now), in
-    one statement: one round trip and one commit for every run a partner waits on."""
+    one statement: one round trip and one commit for every run a partner waits on.
+
+    A run this thread drives at once (``claim``) commits without waiting for the WAL
+    flush, as its steps' records do (see _DONE_SET_OWN): its caller is still there to
+    see a failure and holds the work's own durable origin. A run left to the workers is
+    the only record of its work: that commit waits for the disk."""
     params: list[Any] = [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
     params += [run.workspace_id, now, now, now]
     for step in start_steps:
@@ -242,7 +247,8 @@ def _run_insert(
         json.dumps({"outcome": _EMPTY_OUTCOME}), now if claim else None,
     ]  # fmt: skip
     with connection.cursor() as cursor:
-        cursor.execute(_run_insert_sql(len(start_steps), len(triples)), params)
+        sql = _run_insert_sql(len(start_steps), len(triples), claim and _own_transaction())
+        cursor.execute(sql, params)
         run.pk, kid_ids, kid_elements = cursor.fetchone()
     run._state.adding = False
     run._state.db = connection.alias
@@ -257,9 +263,9 @@ def _run_insert(
     )
 
 
-def _run_insert_sql(starts: int, kids: int) -> str:
+def _run_insert_sql(starts: int, kids: int, own: bool) -> str:
     """_run_insert's statement, built once per process and shape."""
-    key = ("run_insert", starts, kids)
+    key = ("run_insert", starts, kids, own)
     if (sql := _sql_cache.get(key)) is not None:
         return sql
     q = connection.ops.quote_name
@@ -268,8 +274,14 @@ def _run_insert_sql(starts: int, kids: int) -> str:
     placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RUN_FIELDS)
     start_values = ", ".join(["(%s::bigint, %s::jsonb, %s::jsonb)"] * starts)
     kid_values = ", ".join(["(%s::bigint, %s::bigint, %s::timestamptz)"] * kids)
+    source = (
+        f"SELECT {placeholders} FROM (SELECT set_config('synchronous_commit', 'off', true)) "  # noqa: S608
+        "AS own"
+        if own
+        else f"VALUES ({placeholders})"
+    )
     sql = _sql_cache[key] = (
-        f"WITH r AS (INSERT INTO {run_t} ({columns}) VALUES ({placeholders}) RETURNING id), "  # noqa: S608
+        f"WITH r AS (INSERT INTO {run_t} ({columns}) {source} RETURNING id), "  # noqa: S608
         f"s AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, status, due_at, "
         "attempt, input, output, started_at, finished_at, duration_ms) "
         "SELECT %s, r.id, v.element_id, 'done', %s, 1, v.input, v.output, %s, %s, 0 "
@@ -936,9 +948,10 @@ def _drive_in_process(*, run_id: int, deadline: float) -> ScenarioRun | None:
                 _unclaim([claim.id for claim in queue])
                 return None
             # The integration's state read by run_start a moment ago serves its first
-            # step; every later step reads it again.
-            queue.extend(_execute_claimed(run, queue.popleft(), state=state))
-            state = None
+            # step; each later one, the state its previous step's record read (or its
+            # own read).
+            kids, state = _execute_claimed(run, queue.popleft(), state=state)
+            queue.extend(kids)
         if run.status in ScenarioRun.FINISHED:
             return run
     return None
@@ -946,8 +959,9 @@ def _drive_in_process(*, run_id: int, deadline: float) -> ScenarioRun | None:
 
 def _execute_claimed(
     run: ScenarioRun, claim: _Claim, *, state: tuple[str, int] | None = None
-) -> list[_Claim]:
-    """Execute one step this driver holds; return the next steps it holds now."""
+) -> tuple[list[_Claim], tuple[str, int] | None]:
+    """Execute one step this driver holds; return the next steps it holds now, and the
+    integration's (status, config_version) when its record read them (else None)."""
     now = timezone.now()
     if run.status not in ScenarioRun.FINISHED and run.deadline_at and run.deadline_at <= now:
         _run_finish_early(run_id=run.pk, status=RunStatus.TIMED_OUT, reason=DEADLINE_REASON)
@@ -956,7 +970,7 @@ def _execute_claimed(
         RunStep.objects.filter(pk=claim.id, status=StepStatus.RUNNING).update(
             status=StepStatus.SKIPPED, finished_at=now, output={"ended": f"the run is {run.status}"}
         )
-        return []
+        return [], None
     reused = state is not None
     if state is None:
         state = step_cache.integration_state(run.integration_id)
@@ -968,7 +982,7 @@ def _execute_claimed(
         graph = graph_get(run.integration_id, version=state[1] if state else None)
         element = graph.elements.get(claim.element_id)
     if state is None or element is None:
-        return []  # the integration or the element was deleted: its steps went with it
+        return [], None  # the integration or the element was deleted: its steps went with it
     step = _step_in_hand(claim, run, element, now)
     acting = graph.acting(element)
     started = time.monotonic()
@@ -1002,14 +1016,14 @@ def _execute_claimed(
         if next_elements:
             return _record_fast(step, run, effect, entry, next_elements, graph, started)
         _record_end_fast(step, run, effect, entry, graph, started)
-        return []
+        return [], None
     with transaction.atomic():
         if entry is not None:
             services._log_insert(entry)
         locked, _due = _record_locked(step, run, effect, started)
     run.status, run.variables, run.counters = locked.status, locked.variables, locked.counters
     run.result, run.reason, run.finished_at = locked.result, locked.reason, locked.finished_at
-    return []  # what it made due is claimed by the driver's next pass
+    return [], None  # what it made due is claimed by the driver's next pass
 
 
 # Every column of a RunStep with its default: a step in hand has all of them set, so
@@ -1059,6 +1073,28 @@ _DONE_SET = (
     "SET status = 'done', output = %s::jsonb, finished_at = %s, duration_ms = %s "
     "WHERE id = %s AND status = 'running' AND attempt = %s"
 )
+# The same, in a statement that is its own transaction: that transaction commits with
+# synchronous_commit off (set_config(..., true) lasts until it ends), as a request's log
+# row does (integrations.services._log_insert). A step's progress is then not waited
+# for on disk: it survives any crash of ours, and a crash of the PostgreSQL server
+# itself within ~3 x wal_writer_delay can only take back the last steps' records, and
+# only together with everything committed after them (the WAL is flushed in order: any
+# synchronous commit, such as the sale a run led to or a webhook step's parking, makes
+# them durable first). Taken back, a step is running again with its lease and the
+# sweeper re-drives it: its request may be sent again (at least once, as after a worker
+# killed mid-step), nothing is lost. docs/deployment.md says the trade-off.
+_DONE_SET_OWN = _DONE_SET.replace(
+    " WHERE ", " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS own WHERE ", 1
+)
+
+
+def _done_set(own: bool) -> str:
+    return _DONE_SET_OWN if own else _DONE_SET
+
+
+def _own_transaction() -> bool:
+    """A statement run now is its own transaction (autocommit, no atomic block)."""
+    return connection.get_autocommit() and not connection.in_atomic_block
 
 
 def _statement(key: Any, with_log: bool, ctes: list[str], columns: list[str]) -> str:
@@ -1095,10 +1131,10 @@ def _record_params(
     return params, now
 
 
-def _record_fast_sql(kids: int, with_log: bool) -> str:
+def _record_fast_sql(kids: int, with_log: bool, own: bool) -> str:
     step_t, run_t = _tables()
     ctes = [
-        f"done AS (UPDATE {step_t} {_DONE_SET} AND EXISTS (SELECT 1 FROM {run_t} "  # noqa: S608
+        f"done AS (UPDATE {step_t} {_done_set(own)} AND EXISTS (SELECT 1 FROM {run_t} "  # noqa: S608
         "WHERE id = %s AND status IN ('running', 'waiting')) RETURNING id)"
     ]
     ctes.append(
@@ -1115,11 +1151,17 @@ def _record_fast_sql(kids: int, with_log: bool) -> str:
         f"v.input, '{{}}'::jsonb FROM done CROSS JOIN (VALUES {values}) "
         "AS v(element_id, input, claimed_at) ON CONFLICT DO NOTHING RETURNING id, element_id)"
     )
+    # The integration's state for the next step (the read every request makes first,
+    # step_cache.integration_state), taken by this statement instead of a round trip
+    # of its own: the same freshness, a moment before the next call.
+    integration_t = connection.ops.quote_name(Integration._meta.db_table)
     columns = [
         "(SELECT array_agg(id ORDER BY id) FROM kids)",
         "(SELECT array_agg(element_id ORDER BY id) FROM kids)",
+        f"(SELECT status FROM {integration_t} WHERE id = %s)",  # noqa: S608
+        f"(SELECT config_version FROM {integration_t} WHERE id = %s)",  # noqa: S608
     ]
-    return _statement(("record", kids, with_log), with_log, ctes, columns)
+    return _statement(("record", kids, with_log, own), with_log, ctes, columns)
 
 
 def _record_fast(
@@ -1130,7 +1172,7 @@ def _record_fast(
     next_elements: list[Element],
     graph: Any,
     started: float,
-) -> list[_Claim]:
+) -> tuple[list[_Claim], tuple[str, int] | None]:
     params, now = _record_params(step, effect, entry, started)
     is_answer = graph.acting(step.element).kind == Kind.REQUEST and effect.outcome.get("kind")
     kid_input = {"outcome": effect.outcome}
@@ -1148,9 +1190,11 @@ def _record_fast(
         # The flag stays in memory: a step handed out again after this driver died is
         # claimed afresh and must move its lease itself.
         params += [element.pk, json.dumps(kid_input), claimed_at]
+    params += [run.integration_id, run.integration_id]
     with connection.cursor() as cursor:
-        cursor.execute(_record_fast_sql(len(next_elements), entry is not None), params)
-        done, log_id, kid_ids, kid_elements = cursor.fetchone()
+        sql = _record_fast_sql(len(next_elements), entry is not None, _own_transaction())
+        cursor.execute(sql, params)
+        done, log_id, kid_ids, kid_elements, status, version = cursor.fetchone()
     if entry is not None:
         entry.pk = log_id
         entry._state.adding = False
@@ -1159,20 +1203,21 @@ def _record_fast(
         # logged, nothing else of ours is written.
         log.warning("engine.step_not_recorded", step_id=step.pk, attempt=step.attempt)
         run.refresh_from_db(fields=["status", "reason", "variables", "result"])
-        return []
+        return [], None
     run.variables.update(effect.variables)
     if is_answer:
         run.result = dict(effect.outcome)
     run.status = RunStatus.RUNNING
-    return [
+    claims = [
         _Claim(kid_id, element_id, 1, {**kid_input, LEASE_SET_KEY: True})
         for kid_id, element_id in zip(kid_ids or (), kid_elements or (), strict=True)
     ]
+    return claims, ((status, version) if status is not None else None)
 
 
-def _record_end_fast_sql(with_log: bool) -> str:
+def _record_end_fast_sql(with_log: bool, own: bool) -> str:
     step_t, run_t = _tables()
-    ctes = [f"done AS (UPDATE {step_t} {_DONE_SET} RETURNING id)"]  # noqa: S608
+    ctes = [f"done AS (UPDATE {step_t} {_done_set(own)} RETURNING id)"]  # noqa: S608
     # Read after the run's row lock was taken (a statement of its own, just before):
     # this statement's snapshot sees every other branch's committed steps.
     ctes.append(
@@ -1194,7 +1239,7 @@ def _record_end_fast_sql(with_log: bool) -> str:
     )
     columns = ["(SELECT status FROM upd)", "(SELECT reason FROM upd)"]
     columns.append("(SELECT finished_at FROM upd)")
-    return _statement(("end", with_log), with_log, ctes, columns)
+    return _statement(("end", with_log, own), with_log, ctes, columns)
 
 
 def _record_end_fast(
@@ -1218,13 +1263,16 @@ def _record_end_fast(
         str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,
     ]  # fmt: skip
     # A linear scenario has no other branch: the statement alone is the transaction.
+    # Its own transaction either way when the caller has none (the lock's atomic block
+    # below is then the outermost one).
+    own = _own_transaction()
     with transaction.atomic() if not graph.is_linear else contextlib.nullcontext():
         if not graph.is_linear:
             # Another branch may end at the same moment: the lock orders the two, so the
             # second sees the first's step finished and finishes the run.
             ScenarioRun.objects.select_for_update().filter(pk=run.pk).values_list("id").first()
         with connection.cursor() as cursor:
-            cursor.execute(_record_end_fast_sql(entry is not None), params)
+            cursor.execute(_record_end_fast_sql(entry is not None, own), params)
             done, log_id, status, reason, finished_at = cursor.fetchone()
         if entry is not None:
             entry.pk = log_id

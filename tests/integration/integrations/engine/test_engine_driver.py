@@ -13,6 +13,7 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from werkzeug import Request, Response
 
 from integrations.engine import services as engine
 from integrations.models import (
@@ -80,13 +81,38 @@ def test_a_claimed_run_is_driven_in_one_statement_per_step(chain, httpserver):
     assert run.status == "succeeded"
     assert run.variables == {"s0": "ok", "s1": "ok", "s2": "ok"}
     assert run.result["kind"] == "accepted"
-    # run_start: the integration's state and one insert; then per request one state
-    # read (the first reuses run_start's) and one statement recording it with its log.
-    assert len(captured.captured_queries) == 2 + 2 + 2 + 1
+    # run_start: the integration's state and one insert; then per request one statement
+    # recording it with its log, which also reads the state for the next request (the
+    # first reuses run_start's read).
+    assert len(captured.captured_queries) == 2 + 1 + 1 + 1
     assert RequestLog.objects.filter(run_step__run=run).count() == 3
     steps = RunStep.objects.filter(run=run).order_by("id")
     assert [s.status for s in steps] == ["done"] * 4
     assert all(s.attempt == 1 and s.finished_at for s in steps)
+
+
+def test_an_integration_disabled_mid_run_sends_nothing_more(chain, httpserver):
+    """The state each record reads for the next step is as fresh as a read of its own:
+    an operator's change made while a request is in flight applies to the next one."""
+    integration, lead = chain
+    httpserver.clear()
+
+    def disable_then_answer(request: Request) -> Response:
+        from django.db import connection as thread_connection
+        from django.db.models import F
+
+        Integration.objects.filter(pk=integration.pk).update(
+            status="disabled", config_version=F("config_version") + 1
+        )
+        thread_connection.close()
+        return Response(json.dumps({"status": "ok"}), content_type="application/json")
+
+    httpserver.expect_request("/buyer").respond_with_handler(disable_then_answer)
+    run = engine.run_start(integration=integration, lead=lead, claim=True)
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=10)
+    assert len(httpserver.log) == 1  # r1 only: r2 and r3 saw the integration disabled
+    logs = RequestLog.objects.filter(run_step__run=run).order_by("id")
+    assert [log.was_sent for log in logs] == [True, False, False]
 
 
 def test_claimed_steps_nobody_drives_go_back_through_the_sweeper(chain, httpserver):
