@@ -37,10 +37,11 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import secrets as random_tokens
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -435,7 +436,10 @@ class _Node:
     value: str = ""
 
 
-def _parse_path(name: str) -> list[str | int]:
+@functools.lru_cache(maxsize=4096)
+def _parse_path(name: str) -> tuple[str | int, ...]:
+    """A body field's name as its path (``orders[0].price`` -> orders, 0, price); a pure
+    function of the name, and a step's names are the same on every call: remembered."""
     head = _PATH_HEAD_RE.match(name)
     if head is None:
         raise BuildError(
@@ -462,10 +466,10 @@ def _parse_path(name: str) -> list[str | int]:
                 )
             path.append(position)
         index = step.end()
-    return path
+    return tuple(path)
 
 
-def _path_text(path: list[str | int]) -> str:
+def _path_text(path: Sequence[str | int]) -> str:
     text = ""
     for step in path:
         text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else step)
@@ -476,7 +480,7 @@ def _kind_of(step: str | int) -> str:
     return "object" if isinstance(step, str) else "array"
 
 
-def _conflict(existing: _Node, name: str, path: list[str | int], wanted: str) -> BuildError:
+def _conflict(existing: _Node, name: str, path: Sequence[str | int], wanted: str) -> BuildError:
     if existing.origin == name:
         return BuildError(f'body field "{name}" is listed twice', field=name)
     return BuildError(

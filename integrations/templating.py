@@ -1097,6 +1097,8 @@ def _value_of(operand: _Operand, context: Mapping[str, Any], warnings: list[str]
 
 
 def _check_size(value: str, position: int | None) -> None:
+    if len(value) * 4 <= MAX_OUTPUT_BYTES:  # no character takes more than 4 UTF-8 bytes
+        return
     size = len(value.encode("utf-8", errors="surrogatepass"))
     if size > MAX_OUTPUT_BYTES:
         raise TemplateError(
