@@ -246,10 +246,8 @@ def _run_insert(
         run.workspace_id, "running" if claim else "pending", now,
         json.dumps({"outcome": _EMPTY_OUTCOME}), now if claim else None,
     ]  # fmt: skip
-    with connection.cursor() as cursor:
-        sql = _run_insert_sql(len(start_steps), len(triples), claim and _own_transaction())
-        cursor.execute(sql, params)
-        run.pk, kid_ids, kid_elements = cursor.fetchone()
+    sql = _run_insert_sql(len(start_steps), len(triples), claim and _own_transaction())
+    run.pk, kid_ids, kid_elements = step_cache.fetch_one(sql, params)
     run._state.adding = False
     run._state.db = connection.alias
     _just_started.run = run
@@ -1112,23 +1110,25 @@ def _statement(key: Any, with_log: bool, ctes: list[str], columns: list[str]) ->
 
 def _record_params(
     step: RunStep, effect: Effect, entry: Any, started: float, **extra: Any
-) -> tuple[list[Any], datetime]:
+) -> tuple[list[Any], datetime, str]:
     """The parameters every fast record starts with (the log row's, then the finished
-    step's) and the time it records at; ``extra`` goes into the step's output."""
+    step's), the time it records at and the outcome as JSON (serialised once: the step's
+    output, the run's result and the next steps' input all carry it); ``extra`` goes
+    into the step's output."""
     params: list[Any] = []
     if entry is not None:
         # First: the log row's time must fall within the step's (the run timeline
         # pairs them by time for rows written before logs named their step).
         params.extend(services.log_insert_sql(entry)[1])
     now = timezone.now()
-    output: dict[str, Any] = {"outcome": effect.outcome}
-    if effect.variables:
-        output["variables"] = effect.variables
-    output.update(extra)
+    outcome = json.dumps(effect.outcome)
+    rest = {"variables": effect.variables} if effect.variables else {}
+    rest.update(extra)
+    output = f'{{"outcome": {outcome}' + (f", {json.dumps(rest)[1:]}" if rest else "}")
     params += [
-        json.dumps(output), now, int((time.monotonic() - started) * 1000), step.pk, step.attempt,
+        output, now, int((time.monotonic() - started) * 1000), step.pk, step.attempt,
     ]  # fmt: skip
-    return params, now
+    return params, now, outcome
 
 
 def _record_fast_sql(kids: int, with_log: bool, own: bool) -> str:
@@ -1173,12 +1173,13 @@ def _record_fast(
     graph: Any,
     started: float,
 ) -> tuple[list[_Claim], tuple[str, int] | None]:
-    params, now = _record_params(step, effect, entry, started)
+    params, now, outcome = _record_params(step, effect, entry, started)
     is_answer = graph.acting(step.element).kind == Kind.REQUEST and effect.outcome.get("kind")
     kid_input = {"outcome": effect.outcome}
+    kid_input_json = f'{{"outcome": {outcome}}}'
     params += [
         run.pk,
-        json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None, run.pk,
+        json.dumps(effect.variables), outcome if is_answer else None, run.pk,
         run.workspace_id, run.pk, now, now, now,
     ]  # fmt: skip
     for element in next_elements:
@@ -1189,12 +1190,10 @@ def _record_fast(
             claimed_at = now + timedelta(seconds=acting.request_step.timeout_seconds)
         # The flag stays in memory: a step handed out again after this driver died is
         # claimed afresh and must move its lease itself.
-        params += [element.pk, json.dumps(kid_input), claimed_at]
+        params += [element.pk, kid_input_json, claimed_at]
     params += [run.integration_id, run.integration_id]
-    with connection.cursor() as cursor:
-        sql = _record_fast_sql(len(next_elements), entry is not None, _own_transaction())
-        cursor.execute(sql, params)
-        done, log_id, kid_ids, kid_elements, status, version = cursor.fetchone()
+    sql = _record_fast_sql(len(next_elements), entry is not None, _own_transaction())
+    done, log_id, kid_ids, kid_elements, status, version = step_cache.fetch_one(sql, params)
     if entry is not None:
         entry.pk = log_id
         entry._state.adding = False
@@ -1248,7 +1247,7 @@ def _record_end_fast(
     """A plain step that leads nowhere: its branch ends here, and the run with it when
     nothing else of it is live. Under the run's row lock (a parallel branch may end at
     the same moment), in one statement after the lock."""
-    params, now = _record_params(
+    params, now, outcome = _record_params(
         step, effect, entry, started,
         ended="no connection matched" if step.element_id in graph.outgoing else "end",
     )  # fmt: skip
@@ -1259,7 +1258,7 @@ def _record_end_fast(
         final_status, final_reason = RunStatus.SUCCEEDED, None
     params += [
         run.pk, step.pk,
-        json.dumps(effect.variables), json.dumps(effect.outcome) if is_answer else None,
+        json.dumps(effect.variables), outcome if is_answer else None,
         str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,
     ]  # fmt: skip
     # A linear scenario has no other branch: the statement alone is the transaction.
@@ -1271,9 +1270,8 @@ def _record_end_fast(
             # Another branch may end at the same moment: the lock orders the two, so the
             # second sees the first's step finished and finishes the run.
             ScenarioRun.objects.select_for_update().filter(pk=run.pk).values_list("id").first()
-        with connection.cursor() as cursor:
-            cursor.execute(_record_end_fast_sql(entry is not None, own), params)
-            done, log_id, status, reason, finished_at = cursor.fetchone()
+        sql = _record_end_fast_sql(entry is not None, own)
+        done, log_id, status, reason, finished_at = step_cache.fetch_one(sql, params)
         if entry is not None:
             entry.pk = log_id
             entry._state.adding = False
