@@ -367,6 +367,12 @@ def _outcome_direct(result: Any, variables: dict[str, Any], ms: int) -> CallOutc
 # prepared exactly as the ORM prepares them (get_db_prep_save). Elsewhere, the ORM.
 
 _RESULT_FIELDS = [f for f in OfferResult._meta.concrete_fields if not f.primary_key]
+# What settling a ping writes (column: its PostgreSQL type), for _Driver._pings_write.
+_PING_COLUMNS = {
+    "stage": "text", "ping_run_id": "bigint", "ping_status": "text", "ping_log_id": "bigint",
+    "bid": "numeric", "ping_ms": "int", "reason": "text", "status": "text",
+    "finished_at": "timestamptz",
+}  # fmt: skip
 _sql_texts: dict[Any, str] = {}
 
 
@@ -394,6 +400,39 @@ def _results_insert(rows: list[OfferResult]) -> None:
         ids = [r[0] for r in cursor.fetchall()]
     for row, pk in zip(rows, ids, strict=True):
         row.pk = pk
+        row._state.adding = False
+        row._state.db = connection.alias
+
+
+def _results_open(rows: list[OfferResult]) -> None:
+    """INSERT fresh rows (pending, not yet asked: what _Driver._open_many makes) in one
+    statement whose text does not depend on their number: the values they share once,
+    the three that differ as arrays. Their ids set. PostgreSQL only."""
+    first = rows[0]
+    sql = _sql_texts.get("open")
+    if sql is None:
+        q = connection.ops.quote_name
+        sql = _sql_texts["open"] = (
+            f"INSERT INTO {q(OfferResult._meta.db_table)} (workspace_id, distribution_id, "  # noqa: S608
+            "tier_id, stage, status, reason, is_test, ping_status, post_status, "
+            "redirect_url, buyer_lead_id, reservations, is_sold, created_at, offer_id, "
+            "position, is_exclusive) "
+            "SELECT %s, %s, %s, %s, %s, '', %s, '', '', '', '', '[]'::jsonb, false, %s, "
+            "v.offer_id, v.position, v.is_exclusive "
+            "FROM unnest(%s::bigint[], %s::int[], %s::bool[]) AS v(offer_id, position, "
+            "is_exclusive) RETURNING id, offer_id"
+        )
+    now = timezone.now()
+    params = [
+        first.workspace_id, first.distribution_id, first.tier_id, first.stage, first.status,
+        first.is_test, now, [r.offer_id for r in rows], [r.position for r in rows],
+        [r.is_exclusive for r in rows],
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = dict((offer_id, pk) for pk, offer_id in cursor.fetchall())
+    for row in rows:
+        row.pk, row.created_at = ids[row.offer_id], now
         row._state.adding = False
         row._state.db = connection.alias
 
@@ -772,7 +811,7 @@ class _Driver:
             return
         candidates = [
             _Candidate(offer=to.offer, priority=to.priority, weight=to.weight)
-            for to in tier.tier_offers.select_related("offer__integration", "offer__advertiser")
+            for to in tier.tier_offers.select_related("offer__integration")
             .prefetch_related("offer__caps")
             .order_by("priority", "id")
             if to.offer_id not in self.results
@@ -866,17 +905,21 @@ class _Driver:
     def _auction(
         self, tier: Tier, eligible: list[_Candidate], until: datetime, *, max_sales: int
     ) -> None:
-        self._open_many([c.offer for c in eligible], tier)
         capable = self._ping_capable([c.offer for c in eligible])
         pinged: list[tuple[_Candidate, _PingCall, Future, float, dict[str, Any]]] = []
         for cand in eligible:
-            cand.result = self.results[cand.offer.pk]
             if cand.offer.integration_id in capable:
                 started = time.monotonic()
                 call, future, variables = self._ping_submit(cand.offer, until)
                 pinged.append((cand, call, future, started, variables))
             else:
                 cand.value = self._expected_value(cand.offer, None)
+        # The result rows are written while the pings are on their way (this thread would
+        # only wait): a driver lost in between leaves no row, so its successor pings
+        # again, which sells nothing; nothing is posted before the rows exist.
+        self._open_many([c.offer for c in eligible], tier)
+        for cand in eligible:
+            cand.result = self.results[cand.offer.pk]
         # Each ping may take its offer's timeout, none more than the tier's time; waiting
         # for each in turn up to its own absolute deadline waits for all at once.
         for cand, call, future, started, variables in pinged:
@@ -886,7 +929,9 @@ class _Driver:
                 timeout=max(own - (time.monotonic() - started), 0),
                 cancel_reason=self._cut_reason(cand, until), variables=variables,
             )  # fmt: skip
-            self._ping_settle(cand, cand.result, outcome, run_id)
+            self._ping_settle(cand, cand.result, outcome, run_id, write=False)
+        # Every answer in one statement, before anything is posted.
+        self._pings_write([cand.result for cand, *_ in pinged])
         self._post_ranked(
             [
                 c
@@ -1080,7 +1125,10 @@ class _Driver:
         ]
         try:
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-                _results_insert(rows)
+                if connection.vendor == "postgresql":
+                    _results_open(rows)
+                else:
+                    _results_insert(rows)
         except IntegrityError:
             for offer in offers:
                 self._open(offer, tier)
@@ -1287,11 +1335,14 @@ class _Driver:
         return _outcome_of(run, ms), run_id
 
     def _ping_settle(
-        self, cand: _Candidate, row: OfferResult, ping: CallOutcome, run_id: int | None
-    ) -> bool:
-        """Record the ping and whether its answer lets us post, in one statement."""
+        self, cand: _Candidate, row: OfferResult, ping: CallOutcome, run_id: int | None,
+        *, write: bool = True,
+    ) -> bool:  # fmt: skip
+        """Record the ping and whether its answer lets us post, in one statement
+        (``write`` False: in memory only, the caller writes a batch: _pings_write)."""
         cand.ping = ping
         bid = _money(ping.captured.get("price"))
+        reason = str(ping.reason)[:500]
         fields: dict[str, Any] = {
             "stage": ResultStage.PINGED,
             "ping_run_id": run_id,
@@ -1299,7 +1350,7 @@ class _Driver:
             "ping_log_id": ping.log_id,
             "bid": bid,
             "ping_ms": ping.ms,
-            "reason": ping.reason,
+            "reason": reason,
         }
         why = ""
         if ping.kind != "accepted" or ping.blocking:
@@ -1315,12 +1366,47 @@ class _Driver:
                 f"{cand.offer.min_price.normalize():f}"
             )
         if why:
-            fields["reason"] = why
-            self._result_update(row, finished=True, **fields)
+            fields["reason"] = why[:500]
+            if write:
+                self._result_update(row, finished=True, **fields)
+            else:
+                fields["finished_at"] = timezone.now()
+                for key, value in fields.items():
+                    setattr(row, key, value)
             return False
-        self._result_update(row, **fields)
+        if write:
+            self._result_update(row, **fields)
+        else:
+            for key, value in fields.items():
+                setattr(row, key, value)
         cand.value = self._expected_value(cand.offer, bid)
         return True
+
+    def _pings_write(self, rows: list[OfferResult]) -> None:
+        """Write the settled pings of these rows (as _ping_settle left them in memory) in
+        one statement."""
+        if not rows:
+            return
+        names = list(_PING_COLUMNS)
+        if connection.vendor != "postgresql":
+            for row in rows:
+                _results_set([row.pk], {name: getattr(row, name) for name in names})
+            return
+        sql = _sql_texts.get("pings")
+        if sql is None:
+            q = connection.ops.quote_name
+            sets = ", ".join(f"{q(name)} = v.{q(name)}" for name in names)
+            arrays = ", ".join(f"%s::{kind}[]" for kind in _PING_COLUMNS.values())
+            sql = _sql_texts["pings"] = (
+                f"UPDATE {q(OfferResult._meta.db_table)} AS r SET {sets} "  # noqa: S608
+                f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {', '.join(names)}) "
+                "WHERE r.id = v.id"
+            )
+        params: list[Any] = [[row.pk for row in rows]]
+        for name in names:
+            params.append([getattr(row, name) for row in rows])
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
     def _expected_value(self, offer: Offer, bid: Decimal | None) -> Decimal:
         if offer.price_model == PriceModel.FIXED:
