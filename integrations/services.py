@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 
 from integrations import outbound, secrets, step_cache
 from integrations.building import BuildError, BuiltRequest, build_request
@@ -246,15 +246,16 @@ def _log_insert(entry: RequestLog) -> None:
     transaction (the engine, business state) the statement is the plain one and the
     caller's commit decides, synchronously. docs/deployment.md says the trade-off.
     """
-    if connection.vendor != "postgresql":
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper, looked up once
+    if db.vendor != "postgresql":
         entry.save(force_insert=True)
         return
     sql, params = log_insert_sql(entry)
-    if connection.get_autocommit() and not connection.in_atomic_block:
+    if db.get_autocommit() and not db.in_atomic_block:
         sql = _log_insert_own_sql_text()
     entry.pk = step_cache.fetch_one(sql, params)[0]
     entry._state.adding = False
-    entry._state.db = connection.alias
+    entry._state.db = db.alias
 
 
 def log_insert_sql_text() -> str:
@@ -291,11 +292,12 @@ def log_insert_sql(entry: RequestLog) -> tuple[str, list[Any]]:
     """PostgreSQL only: ``INSERT ... RETURNING id`` of one log row and its parameters,
     for a caller that writes it inside a larger statement (the scenario engine records
     a step and its call's log row with one commit)."""
+    db = connections[DEFAULT_DB_ALIAS]
     params = []
     for field, plain in _LOG_PREP:
         value = getattr(entry, field.attname) if plain else None
         if plain is None or (value is not None and type(value) is not plain):
-            value = field.get_db_prep_save(field.pre_save(entry, True), connection)
+            value = field.get_db_prep_save(field.pre_save(entry, True), db)
         params.append(value)
     return log_insert_sql_text(), params
 

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -111,24 +111,21 @@ def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
     logging: DEBUG, tests' CaptureQueriesContext; execute wrappers: instrumentation),
     Django's cursor is used so that they see the statement.
     """
-    if (
-        connection.vendor != "postgresql"
-        or connection.queries_logged
-        or connection.execute_wrappers
-    ):
-        with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper, looked up once
+    if db.vendor != "postgresql" or db.queries_logged or db.execute_wrappers:
+        with db.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    connection.validate_no_broken_transaction()
-    raw = connection.connection
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    db.validate_no_broken_transaction()
+    raw = db.connection
     held = getattr(_held, "cursor", None)
     if held is None or held[0] is not raw:
         held = _held.cursor = (raw, raw.cursor())
     cursor = held[1]
-    with connection.wrap_database_errors:
+    with db.wrap_database_errors:
         cursor.execute(sql, params)
         return cursor.fetchone()
 
