@@ -4,10 +4,11 @@ a bare `requests.Session().post()` loop to the same local sink, in the same run.
 Ours is the real path: ``integrations.services.request_run(step=..., context=
 lead_context(lead), lead=lead)`` on an enabled integration with a realistic step (JSON
 body of 12 templated fields with filters, a header, a bearer secret stored encrypted, a
-rule, two captures). Each call loads the step's configuration, decrypts the secret,
-renders and serialises the body, sends it through ``integrations.outbound`` (SSRF guard,
-total deadline, capped read), reads the answer (rule, captures) and writes its
-RequestLog row (secrets masked), plus its two production log lines (JSON, to
+rule, two captures). Each call reads the integration's status and configuration version
+(the step's spec, secret decrypted, comes from the per-process cache while the version
+holds), renders and serialises the body, sends it through ``integrations.outbound``
+(SSRF guard, total deadline, capped read), reads the answer (rule, captures) and writes
+its RequestLog row (secrets masked), plus its production log line (JSON, to
 ``var/bench/integration-app.log``).
 
 Bare is what a hand-written client would do: one ``requests.Session`` posting the same
