@@ -1,7 +1,7 @@
 """The scenario engine in the admin: the scenario editor on the integration page
 (elements and connections as inlines, a server-drawn SVG diagram of the graph, "Run with
 sample values"), and the runs (list, detail as a timeline of steps with their requests,
-"Replay this run").
+"Replay this run", "Cancel this run").
 
 Imported at the end of integrations/admin.py; the integration page is the builder's
 ``IntegrationAdmin`` extended here and registered in its place.
@@ -26,7 +26,7 @@ from unfold.decorators import display
 
 from integrations.admin import IntegrationAdmin
 from integrations.context import sample_context
-from integrations.engine.services import EngineError, run_drive, run_start
+from integrations.engine.services import EngineError, run_cancel, run_drive, run_start
 from integrations.models import (
     Connection,
     Element,
@@ -395,8 +395,8 @@ class ScenarioRunAdmin(ScopedAdmin):
     change_form_template = "admin/integrations/scenariorun/change_form.html"
     fieldsets = [
         (None, {"fields": ["integration", "lead", "status", "meaning", "is_dry_run", "reason",
-                           "created_at", "finished_at"]}),
-        ("Data", {"fields": ["variables", "counters"]}),
+                           "created_at", "deadline_at", "finished_at"]}),
+        ("Data", {"fields": ["result", "variables", "counters"]}),
     ]  # fmt: skip
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
@@ -439,6 +439,9 @@ class ScenarioRunAdmin(ScopedAdmin):
                 timeline=run_timeline(run),
                 logs_url=logs_url + query,
                 may_replay=self._may_replay(request, run),
+                may_cancel=(
+                    run.status not in ScenarioRun.FINISHED and self._may_replay(request, run)
+                ),
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -449,6 +452,11 @@ class ScenarioRunAdmin(ScopedAdmin):
                 "<path:object_id>/replay/",
                 wrap(self.replay_view),
                 name="integrations_scenariorun_replay",
+            ),
+            path(
+                "<path:object_id>/cancel/",
+                wrap(self.cancel_view),
+                name="integrations_scenariorun_cancel",
             ),
             *super().get_urls(),
         ]
@@ -470,6 +478,29 @@ class ScenarioRunAdmin(ScopedAdmin):
             messages.SUCCESS,
         )
         return redirect("admin:integrations_scenariorun_change", new.pk)
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Stop a running or waiting run (a poll nobody needs any more, a dry run left
+        waiting): its pending steps are skipped; a finished run is left as it is."""
+        if request.method != "POST":
+            raise Http404
+        run = self.get_object(request, object_id)
+        if run is None or not self._may_replay(request, run):
+            raise Http404
+        run = run_cancel(run_id=run.pk, reason=f"cancelled by {request.user}")
+        if run.status == ScenarioRun.Status.CANCELLED:
+            self.message_user(
+                request,
+                format_html("Run {} cancelled: its pending steps were skipped.", run.pk),
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                format_html("Run {} had already finished ({}).", run.pk, run.get_status_display()),
+                messages.WARNING,
+            )
+        return redirect("admin:integrations_scenariorun_change", run.pk)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("integration", "lead")
