@@ -164,6 +164,16 @@ def test_operator_builds_a_polling_scenario_dry_runs_it_runs_it_and_replays_it(
         page.select_option(f"#id_connections-{index}-from_element", str(elements[source]))
         page.select_option(f"#id_connections-{index}-to_element", str(elements[target]))
         page.fill(f"#id_connections-{index}-conditions", json.dumps(conditions))
+    # A mistyped operator is refused on save, named, and nothing is saved.
+    not_done = CONNECTIONS.index(("Ask the buyer", "Half a minute", [NOT_DONE]))
+    typo = f"#id_connections-{not_done}-conditions"
+    page.fill(typo, json.dumps([{**NOT_DONE, "operator": "!="}]))
+    page.locator('[name="_continue"]').first.click()
+    expect(page.locator(".errornote")).to_be_visible()
+    expect(page.get_by_text("Condition 1: unknown operator '!='")).to_be_visible()
+    assert not integration.connections.exists()
+    page.locator('#tabs-items a[href="#connections"]').click()
+    page.fill(typo, json.dumps([NOT_DONE]))
     save_and_continue(page, url)
     saved = {
         (c.from_element.name, c.to_element.name): c.conditions
