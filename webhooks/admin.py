@@ -201,7 +201,10 @@ class WebhookEndpointAdmin(ScopedAdmin):
 
     @action(description="Disable (revoke) the URL")
     def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = queryset.update(is_enabled=False)
+        count = 0
+        for endpoint in queryset:
+            services.endpoint_disable(endpoint=endpoint)
+            count += 1
         messages.success(request, f"{count} endpoint(s) disabled.")
 
 

@@ -120,6 +120,10 @@ def _template_from(
         "application/json"
     ):
         return None
+    # Routed straight to its queue (Celery's default for a direct route): one list, one
+    # push. An exchange that fans out to several queues is left to kombu.
+    if (properties.get("delivery_info") or {}).get("exchange") != "":
+        return None
     try:
         body = json.loads(base64.b64decode(message["body"]))
     except (KeyError, ValueError, TypeError):

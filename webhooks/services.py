@@ -179,6 +179,13 @@ def endpoint_signing_secret_set(*, endpoint: WebhookEndpoint, secret: str | None
     return secret
 
 
+def endpoint_disable(*, endpoint: WebhookEndpoint) -> None:
+    """Revoke the URL: from the next callback on, on every process, it is answered like
+    an unknown one (the storing statement checks the endpoint is still enabled)."""
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(is_enabled=False)
+    log.info("webhooks.endpoint_disabled", endpoint_id=endpoint.pk)
+
+
 def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
     """Soft delete: the URL stops answering, the log stays, and the webhook id (with its
     token) can be given to a new endpoint of the workspace."""

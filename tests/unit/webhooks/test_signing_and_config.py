@@ -27,6 +27,9 @@ def test_sign_matches_the_spec_vector() -> None:
 
 def test_verify_accepts_the_vector_and_any_of_several_signatures() -> None:
     assert signing.verify(SECRET, headers=headers(), body=BODY, now=STAMP + 10) == MSG_ID
+    # The 5 minute tolerance, both ways, up to its edge.
+    for now in (STAMP + 300, STAMP - 300):
+        assert signing.verify(SECRET, headers=headers(), body=BODY, now=now) == MSG_ID
     rotated = f"v1,bm90IHRoaXMgb25l {EXPECTED}"
     assert signing.verify(SECRET, headers=headers(rotated), body=BODY, now=STAMP) == MSG_ID
 
