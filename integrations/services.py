@@ -237,8 +237,8 @@ def _log_insert(entry: RequestLog) -> None:
     When the row is its own transaction (autocommit, no atomic block around it), that
     transaction commits with ``synchronous_commit`` off, for this statement only
     (``set_config(..., true)`` lasts until its transaction ends): PostgreSQL does not
-    wait for the WAL flush, which was most of the call's cost (~0.3-0.6 ms quiet, several
-    ms on a busy disk). The row is visible at once and survives any crash of our process;
+    wait for the WAL flush, the largest single cost of a call (0.2-0.35 ms on a quiet
+    disk, 2-3 ms on a busy one). The row is visible at once and survives any crash of our process;
     it can be lost only if the PostgreSQL server itself crashes within ~3 x
     ``wal_writer_delay`` (600 ms by default) of the commit, and then only together with
     everything committed after it (WAL is flushed in order: any later synchronous commit,
