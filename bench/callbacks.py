@@ -19,7 +19,8 @@ threads and runs. Warm-up, then bare, ours, bare, ours, ... (medians of the roun
 
 Checks: every 200 answer of ours is a waiting row now matched and a parked step resumed
 (its input carries the callback), no more matched rows than answers plus requests in
-flight, zero errors. Ends with exactly one line
+flight, a step task in the broker for every resumed step (a sample decoded as
+``integrations.step_execute`` messages), zero errors. Ends with exactly one line
 ``RESULT callbacks ratio=<ours/bare> target=0.6 PASS|FAIL``; PASS needs ratio >= 0.6,
 our median p99 <= 30 ms, zero errors and a clean database check.
 
@@ -377,6 +378,24 @@ class Loader:
         )  # fmt: skip
 
 
+def broker_tasks() -> dict[str, int]:
+    """The resumed steps' tasks waiting in the bench broker (no worker runs): how many,
+    and how many of them are ``integrations.step_execute`` messages a worker can read."""
+    import base64
+
+    import redis
+
+    client = redis.Redis.from_url(BROKER_URL)
+    queued = client.llen("realtime")
+    readable = 0
+    for raw in client.lrange("realtime", 0, 99):
+        message = json.loads(raw)
+        body = json.loads(base64.b64decode(message["body"]))
+        if message["headers"].get("task") == "integrations.step_execute" and body[0]:
+            readable += 1
+    return {"queued": queued, "sampled": min(queued, 100), "readable": readable}
+
+
 def broker_clear() -> None:
     import redis
 
@@ -432,6 +451,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    broker_clear()  # only this run's tasks are counted at the end
     server = base.start_gunicorn(dict(os.environ), args.workers)
     (LOG_DIR / f"{NAME}-wrk.log").unlink(missing_ok=True)
     ours_path = f"/webhooks/{WEBHOOK_ID}/{fx['token']}/"
@@ -479,6 +499,11 @@ def main() -> int:
     finally:
         server.stop()
         try:
+            tasks = broker_tasks()
+        except Exception as exc:  # noqa: BLE001 - reported as a problem below
+            say(f"could not read the bench broker: {exc}")
+            tasks = {"queued": -1, "sampled": 0, "readable": 0}
+        try:
             broker_clear()
         except Exception as exc:  # noqa: BLE001 - a leftover queue is not a failed bench
             say(f"could not empty the bench broker: {exc}")
@@ -505,6 +530,11 @@ def main() -> int:
         problems.append(f"{check['matched']} matched for {answered_total} answers")
     if check["resumed"] != check["matched"]:
         problems.append(f"{check['matched']} waiting rows matched, {check['resumed']} resumed")
+    # Every resumed step's task reached the broker (not left to the sweeper), readable.
+    if tasks["queued"] < check["resumed"]:
+        problems.append(f"{check['resumed']} steps resumed but {tasks['queued']} tasks queued")
+    if tasks["readable"] != tasks["sampled"]:
+        problems.append(f"{tasks['sampled'] - tasks['readable']} queued tasks not readable")
 
     say("")
     say(f"{'endpoint':10} {'callbacks/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
@@ -517,7 +547,8 @@ def main() -> int:
         f"{base_machine()})")  # fmt: skip
     say(
         f"db check: {answered_total} answered 200, {check['matched']} waiting webhooks "
-        f"matched, {check['resumed']} parked steps resumed, {in_flight} in flight at the end"
+        f"matched, {check['resumed']} parked steps resumed, {in_flight} in flight at the end, "
+        f"{tasks['queued']} step tasks queued"
     )
     for problem in problems:
         say(f"PROBLEM: {problem}")
