@@ -17,11 +17,15 @@ Parts:
     10 x 50 ms = 500 ms; budget 1.05 x 500 + 20 = 545 ms (median of the leads);
 (b) auction tier of 10 buyers (50 ms ping, then 50 ms post to the highest bid): ideal
     100 ms; budget 1.2 x 100 + 20 = 140 ms (median);
-(c) sustained leads/s through a 5-buyer auction, ``--concurrency`` leads in flight, in
-    this one process (2 cores: this process, PostgreSQL and the buyers share them),
+(c) sustained leads/s through a 5-buyer auction, ``--concurrency`` leads in flight,
     against a plain thread-pool fan-out of the same requests in the same run (bare:
-    a ``requests.Session`` per thread, the 5 pings in parallel on a thread pool, the
-    highest bid posted), rounds alternating bare, ours, bare, ours; medians.
+    a ``requests.Session`` per thread in this process, the 5 pings in parallel on a
+    thread pool, the highest bid posted), rounds alternating bare, ours, bare, ours;
+    medians. Ours runs as the product is deployed: ``--ours-processes`` worker
+    processes (default 2, one per core, as the realtime queue's workers run), the
+    leads in flight split between them, each driving distributions on its own threads
+    and buyer pool (``--ours-processes 1``: everything in one process, the earlier
+    measurement). 2 cores: the processes, PostgreSQL and the buyers share them.
 
 ``ratio = ideal time / our time`` for (a) and (b), ``our leads/s / bare leads/s`` for
 (c); the line reports the worst of the three. Ends with exactly
@@ -325,6 +329,73 @@ def sustained_ours(lead_ids: list[int], concurrency: int, seconds: float) -> tup
     return done[0], time.perf_counter() - t0, wrong[0]
 
 
+def _ours_process(
+    lead_ids: list[int], warmup_ids: list[int], concurrency: int, seconds: float,
+    index: int, ready: Any, start: Any, results: Any,
+) -> None:  # fmt: skip
+    """One worker process of (c): set up Django as a worker does, warm up (imports,
+    caches, the buyer pool's connections), wait for the start, drive leads, report
+    (done, elapsed, wrong, CPU seconds of this process while driving)."""
+    import django
+
+    django.setup()
+    path = LOG_DIR / f"{NAME}-app-{index}.log"
+    stream = path.open("w")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+    for lead_id in warmup_ids:
+        distribute(lead_id)
+    ready.put(index)
+    start.wait()
+    c0 = cpu_seconds()
+    done, elapsed, wrong = sustained_ours(lead_ids, concurrency, seconds)
+    results.put((done, elapsed, wrong, cpu_seconds() - c0))
+    from pingtree.services import pool_shutdown
+
+    pool_shutdown()
+
+
+def sustained_ours_processes(
+    fx: dict[str, Any], processes: int, concurrency: int, seconds: float
+) -> tuple[int, float, int, float]:
+    """(c) ours in ``processes`` fresh worker processes (spawned, so each sets up
+    Django as a worker does), ``concurrency`` leads in flight split between them,
+    started together after their warm-up. Returns (leads done, elapsed seconds, wrong
+    outcomes, CPU seconds of the workers while driving)."""
+    import multiprocessing
+
+    from django.db import connections
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, results = ctx.Queue(), ctx.Queue()
+    start = ctx.Event()
+    shares = [concurrency // processes + (1 if i < concurrency % processes else 0)
+              for i in range(processes)]  # fmt: skip
+    workers = []
+    for index, share in enumerate(shares):
+        lead_ids = make_leads(fx, "sustained", max(share, 1) * 400)
+        warmup_ids = make_leads(fx, "sustained", 3)
+        workers.append(
+            ctx.Process(
+                target=_ours_process,
+                args=(lead_ids, warmup_ids, share, seconds, index, ready, start, results),
+            )
+        )
+    connections.close_all()
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.get(timeout=120)
+    start.set()
+    outcome = [results.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    done = sum(o[0] for o in outcome)
+    elapsed = max(o[1] for o in outcome)
+    return done, elapsed, sum(o[2] for o in outcome), sum(o[3] for o in outcome)
+
+
 def driver_statements(lead_id: int) -> int:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -413,6 +484,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="leads in flight in (c)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per round and side in (c)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--ours-processes", type=int, default=2,
+        help="worker processes driving ours in (c), as deployed (1: this process only)",
+    )  # fmt: skip
     args = parser.parse_args()
     t_start = time.monotonic()
 
@@ -501,7 +576,8 @@ def main() -> int:
         say()
         say(
             f"(c) sustained: 5-buyer auction, {args.concurrency} leads in flight, "
-            f"{args.seconds:.0f} s per round and side, {args.rounds} rounds (bare, ours, ...)"
+            f"{args.seconds:.0f} s per round and side, {args.rounds} rounds (bare, ours, ...); "
+            f"ours in {args.ours_processes} worker process(es)"
         )
         bare_su = Bare(buyers, names["sustained"], args.concurrency * SUSTAINED)
         per: dict[str, list[float]] = {"bare": [], "ours": []}
@@ -513,16 +589,23 @@ def main() -> int:
             cpu["bare"].append((cpu_seconds() - c0) / max(done, 1) * 1e3)
             per["bare"].append(done / seconds)
             wrong["bare"] += bad
-            lead_ids = make_leads(fx, "sustained", args.concurrency * 400)
-            c0 = cpu_seconds()
-            done, seconds, bad = sustained_ours(lead_ids, args.concurrency, args.seconds)
-            cpu["ours"].append((cpu_seconds() - c0) / max(done, 1) * 1e3)
+            if args.ours_processes > 1:
+                done, seconds, bad, used = sustained_ours_processes(
+                    fx, args.ours_processes, args.concurrency, args.seconds
+                )
+            else:
+                lead_ids = make_leads(fx, "sustained", args.concurrency * 400)
+                c0 = cpu_seconds()
+                done, seconds, bad = sustained_ours(lead_ids, args.concurrency, args.seconds)
+                used = cpu_seconds() - c0
+            cpu["ours"].append(used / max(done, 1) * 1e3)
             per["ours"].append(done / seconds)
             wrong["ours"] += bad
             say(
                 f"  round {r + 1}: bare {per['bare'][-1]:6.1f} leads/s "
                 f"({cpu['bare'][-1]:.1f} ms CPU/lead)   ours {per['ours'][-1]:6.1f} leads/s "
-                f"({cpu['ours'][-1]:.1f} ms CPU/lead, this process)"
+                f"({cpu['ours'][-1]:.1f} ms CPU/lead, "
+                f"{'its workers' if args.ours_processes > 1 else 'this process'})"
             )
         bare_rate = statistics.median(per["bare"])
         ours_rate = statistics.median(per["ours"])

@@ -228,6 +228,7 @@ class _PingCall:
         self.lock = threading.Lock()
         self.run_id: int | None = None
         self.abandoned = False
+        self.delivered = False  # a deferred log handed to the driver, which writes it
 
     def job(
         self,
@@ -236,16 +237,27 @@ class _PingCall:
         variables: dict[str, Any],
         seconds: float,
         direct: Direct | None = None,
+        defer_log: bool = False,
     ) -> ScenarioRun | integration_services.RunResult | None:
         with self.lock:
             if self.abandoned:
                 return None
         if direct is not None:
             step, state = direct
-            return integration_services.request_run(
+            # defer_log: the driver writes the call's log row in the statement that
+            # records its answer (one commit instead of two on the post's path); a
+            # driver that stopped waiting will not, so then it is written here.
+            result = integration_services.request_run(
                 step=step, context=lead_context(lead, variables=variables), lead=lead,
-                origin="scenario", state=state,
+                origin="scenario", state=state, defer_log=defer_log,
             )  # fmt: skip
+            if defer_log and result.log is not None and result.log.pk is None:
+                with self.lock:
+                    orphan = self.abandoned
+                    self.delivered = not orphan
+                if orphan:
+                    _log_write(result.log)
+            return result
         # Started and driven in this pool thread: its first steps are claimed for us.
         run = engine.run_start(
             integration=integration, lead=lead, meaning="ping", variables=variables,
@@ -258,10 +270,23 @@ class _PingCall:
             return engine.run_cancel(run_id=run.pk, reason="the ping tree stopped waiting")
         return engine.run_drive(run_id=run.pk, deadline_seconds=seconds, hand_off=False)
 
-    def give_up(self) -> int | None:
+    def give_up(self) -> tuple[int | None, bool]:
+        """Stop waiting: (the run's id, False), or (None, True) when the answer was
+        delivered already (its log is the driver's to write: it must take it)."""
         with self.lock:
+            if self.delivered:
+                return None, True
             self.abandoned = True
-            return self.run_id
+            return self.run_id, False
+
+
+def _log_write(entry: Any) -> None:
+    """Write a deferred request log row by itself (PostgreSQL)."""
+    sql, params = integration_services.log_insert_sql(entry)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        entry.pk = cursor.fetchone()[0]
+    entry._state.adding = False
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -307,6 +332,7 @@ class CallOutcome:
     blocking: bool = False  # parked on a webhook the buyer must call back
     not_sent: bool = False
     log_id: int | None = None  # a direct call's request log
+    log_entry: Any = None  # ... not written yet: the record writes it (log_insert_sql)
 
     @property
     def status(self) -> str:
@@ -351,10 +377,12 @@ def _outcome_direct(result: Any, variables: dict[str, Any], ms: int) -> CallOutc
     outcome = result.outcome
     kind = str(outcome.kind or "") or "accepted"  # a run that ended without a kind
     reason = str(outcome.reason or "")
+    entry = result.log
     return CallOutcome(
         kind, reason, dict(outcome.captured or {}), {**variables, **dict(outcome.variables or {})},
         ms, not_sent=reason.startswith(NOT_SENT_PREFIX),
-        log_id=result.log.pk if result.log is not None else None,
+        log_id=entry.pk if entry is not None else None,
+        log_entry=entry if entry is not None and entry.pk is None else None,
     )  # fmt: skip
 
 
@@ -437,23 +465,34 @@ def _results_open(rows: list[OfferResult]) -> None:
         row._state.db = connection.alias
 
 
-def _results_set(pks: list[int], values: dict[str, Any]) -> int:
-    """UPDATE these rows' fields (names or attnames) to the same values; rows changed."""
+def _results_set(pks: list[int], values: dict[str, Any], *, log: Any = None) -> int:
+    """UPDATE these rows' fields (names or attnames) to the same values; rows changed.
+    ``log``: a deferred request log row (PostgreSQL) inserted by the same statement and
+    set as their post_log; returns its id then."""
     if not pks:
         return 0
     if connection.vendor != "postgresql":
         return OfferResult.objects.filter(pk__in=pks).update(**values)
     fields = [OfferResult._meta.get_field(name) for name in values]
-    key = ("set", tuple(values))
+    key = ("set", tuple(values), log is not None)
     sql = _sql_texts.get(key)
     if sql is None:
         q = connection.ops.quote_name
         sets = ", ".join(f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in fields)
-        sql = _sql_texts[key] = (
+        update = (
             f"UPDATE {q(OfferResult._meta.db_table)} SET {sets} "  # noqa: S608
             "WHERE id = ANY(%s::bigint[])"
         )
+        if log is not None:
+            update = update.replace(" WHERE ", ", post_log_id = (SELECT id FROM lg) WHERE ", 1)
+            update = (
+                f"WITH lg AS ({integration_services.log_insert_sql_text()}), "  # noqa: S608
+                f"u AS ({update} RETURNING 1) SELECT (SELECT id FROM lg)"
+            )
+        sql = _sql_texts[key] = update
     params: list[Any] = []
+    if log is not None:
+        params += integration_services.log_insert_sql(log)[1]
     for f, value in zip(fields, values.values(), strict=True):
         if isinstance(value, models.Model):
             value = value.pk
@@ -462,7 +501,11 @@ def _results_set(pks: list[int], values: dict[str, Any]) -> int:
     params.append(list(pks))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        if log is None:
+            return cursor.rowcount
+        log.pk = cursor.fetchone()[0]
+        log._state.adding = False
+        return log.pk
 
 
 # --- offers: pause, resume, health --------------------------------------------------------
@@ -885,11 +928,19 @@ class _Driver:
             if self.dist.sold_count and not self._may_sell(cand.offer, 1):
                 self._skip(cand.offer, tier, "the lead is sold already")
                 continue
-            result = self._open(cand.offer, tier)
-            if (
+            pings = (
                 cand.offer.price_model != PriceModel.FIXED
                 and cand.offer.integration_id in self._ping_capable([cand.offer])
-            ):
+            )
+            # Posted at once, with no cap to reserve first: the row is written "posted"
+            # (in flight) from the start, one statement less before the call.
+            result = self._open(
+                cand.offer, tier,
+                posting=not pings and (
+                    self.lead.is_test or not any(c.is_active for c in cand.offer.caps.all())
+                ),
+            )  # fmt: skip
+            if pings:
                 started = time.monotonic()
                 call, future, variables = self._ping_submit(cand.offer, until, fresh=True)
                 seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
@@ -1080,8 +1131,12 @@ class _Driver:
     def _skip(self, offer: Offer, tier: Tier, reason: str) -> None:
         self._open(offer, tier, skipped_reason=reason)
 
-    def _open(self, offer: Offer, tier: Tier, *, skipped_reason: str | None = None) -> OfferResult:
-        """The offer's result row in this distribution (one per offer)."""
+    def _open(
+        self, offer: Offer, tier: Tier, *, skipped_reason: str | None = None,
+        posting: bool = False,
+    ) -> OfferResult:  # fmt: skip
+        """The offer's result row in this distribution (one per offer); ``posting``: it
+        is posted next, nothing before (written in flight: stage posted)."""
         skipped = skipped_reason is not None
         now = timezone.now()
         row = OfferResult(
@@ -1090,7 +1145,7 @@ class _Driver:
             offer=offer,
             tier=tier,
             position=len(self.results),
-            stage=ResultStage.SKIPPED,
+            stage=ResultStage.POSTED if posting and not skipped else ResultStage.SKIPPED,
             status=ResultStatus.SKIPPED if skipped else ResultStatus.PENDING,
             reason=(skipped_reason or "")[:500],
             is_test=self.lead.is_test,
@@ -1203,13 +1258,19 @@ class _Driver:
         return {o.integration_id for o in offers if self._ping_cache[o.integration_id]}
 
     def _result_update(
-        self, row: OfferResult, *, finished: bool = False, **values: Any
+        self, row: OfferResult, *, finished: bool = False, log: Any = None, **values: Any
     ) -> OfferResult:
+        """Update the row (and memory); ``log``: a deferred post log written in the same
+        statement, linked as the row's post_log."""
         if "reason" in values:
             values["reason"] = str(values["reason"])[:500]
         if finished:
             values["finished_at"] = timezone.now()
-        _results_set([row.pk], values)
+        if log is not None:
+            values.pop("post_log_id", None)
+            values["post_log_id"] = _results_set([row.pk], values, log=log)
+        else:
+            _results_set([row.pk], values)
         for key, value in values.items():
             setattr(row, key, value)
         return row
@@ -1313,7 +1374,13 @@ class _Driver:
             future.result(timeout=max(timeout, 0))
         ms = int((time.monotonic() - started) * 1000)
         if not future.done():
-            run_id = call.give_up()
+            run_id, delivered = call.give_up()
+            if delivered:
+                # It answered just now and its log is ours to write: take the answer.
+                return self._ping_finish(
+                    call, future, started, timeout=5.0, cancel_reason=cancel_reason,
+                    variables=variables, failed=failed,
+                )  # fmt: skip
             if run_id is None:
                 return CallOutcome("timeout", f"no answer: {cancel_reason}", ms=ms), None
             run = engine.run_cancel(run_id=run_id, reason=cancel_reason)
@@ -1468,18 +1535,25 @@ class _Driver:
     ) -> bool:  # fmt: skip
         """Post through request_run on the pool; the row says it is in flight first (a
         driver that takes over finds it and does not post again)."""
-        self._result_update(row, stage=ResultStage.POSTED)
+        if row.stage != ResultStage.POSTED:
+            self._result_update(row, stage=ResultStage.POSTED)
         seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
         call = _PingCall()
         variables = self._variables(cand.offer, extra)
         future = POOL.submit(
-            call.job, cand.offer.integration, self.lead, variables, seconds, direct
-        )
+            call.job, cand.offer.integration, self.lead, variables, seconds, direct,
+            connection.vendor == "postgresql",
+        )  # fmt: skip
         outcome, _run_id = self._ping_finish(
             call, future, started, timeout=seconds, cancel_reason=self._cut_reason(cand, until),
             variables=variables, failed="the call failed: ",
         )  # fmt: skip
-        return self._post_record(cand.offer, row, outcome)
+        try:
+            return self._post_record(cand.offer, row, outcome)
+        finally:
+            # Every call is logged: if recording failed, its log row still is written.
+            if outcome.log_entry is not None and outcome.log_entry.pk is None:
+                _log_write(outcome.log_entry)
 
     def _park(self, row: OfferResult, outcome: CallOutcome) -> None:
         """The buyer answers by callback and holds the lead: wait for run_finished."""
@@ -1532,8 +1606,11 @@ class _Driver:
             self._result_update(
                 row, stage=ResultStage.POSTED, status=status, post_status=status,
                 post_ms=outcome.ms, reason=outcome.reason or status, finished=True,
+                log=outcome.log_entry,
                 **({"post_log_id": outcome.log_id} if outcome.log_id else {}),
             )  # fmt: skip
+            if outcome.log_entry is not None:
+                outcome.log_id = row.post_log_id
             return False
         return self._sale(offer, row, outcome)
 
@@ -1566,10 +1643,15 @@ class _Driver:
                     ResultStage.POSTED, ResultStatus.ACCEPTED, ResultStatus.ACCEPTED,
                     outcome.ms, price, redirect, buyer_lead_id[:255], outcome.log_id,
                 ],
-                reason=reason,
+                reason=reason, log=outcome.log_entry,
             )  # fmt: skip
+            if outcome.log_entry is not None:
+                outcome.log_id = outcome.log_entry.pk
             self._result_sold(row, outcome, price, redirect, buyer_lead_id, reason, sold)
         else:
+            if outcome.log_entry is not None:
+                _log_write(outcome.log_entry)
+                outcome.log_id = outcome.log_entry.pk
             sold = self._sale_transaction(
                 offer, row, outcome, price, exclusive, redirect, buyer_lead_id, counted
             )
@@ -1587,16 +1669,17 @@ class _Driver:
 
     def _sale_statement(
         self, row: OfferResult, *, exclusive: bool, counted: Decimal, redirect: str,
-        values: list[Any], reason: str,
+        values: list[Any], reason: str, log: Any = None,
     ) -> bool:  # fmt: skip
         """Count the sale on the distribution (still our attempt, running, not sold
         exclusively, no sale yet for an exclusive offer) and record the row's answer,
-        sold or not, in one statement. True when it counted."""
-        sql = _sql_texts.get("sale")
+        sold or not, in one statement (with ``log``, the call's deferred log row too).
+        True when it counted."""
+        sql = _sql_texts.get(("sale", log is not None))
         if sql is None:
             q = connection.ops.quote_name
             dist_t, result_t = q(Distribution._meta.db_table), q(OfferResult._meta.db_table)
-            sql = _sql_texts["sale"] = (
+            sql = (
                 f"WITH d AS (UPDATE {dist_t} SET sold_count = sold_count + 1, "  # noqa: S608
                 "is_exclusive_sold = %s, revenue = revenue + %s, margin = margin + %s, "
                 "redirect_url = CASE WHEN redirect_url = '' THEN %s ELSE redirect_url END "
@@ -1609,13 +1692,29 @@ class _Driver:
                 "is_sold = EXISTS (SELECT 1 FROM d), finished_at = %s "
                 "WHERE id = %s RETURNING is_sold"
             )
+            if log is not None:
+                sql = (
+                    f"WITH lg AS ({integration_services.log_insert_sql_text()}), "  # noqa: S608
+                    + sql.removeprefix("WITH ").replace(
+                        "post_log_id = COALESCE(%s, post_log_id)",
+                        "post_log_id = COALESCE((SELECT id FROM lg), %s, post_log_id)",
+                    )
+                    + ", (SELECT id FROM lg)"
+                )
+            _sql_texts[("sale", log is not None)] = sql
         params = [
             exclusive, counted, counted, redirect, self.dist.pk, self.dist.attempt, exclusive,
             *values, reason, NOT_COUNTED, timezone.now(), row.pk,
         ]  # fmt: skip
+        if log is not None:
+            params = integration_services.log_insert_sql(log)[1] + params
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-            return bool(cursor.fetchone()[0])
+            answer = cursor.fetchone()
+        if log is not None:
+            log.pk = answer[1]
+            log._state.adding = False
+        return bool(answer[0])
 
     def _result_sold(
         self, row: OfferResult, outcome: CallOutcome, price: Decimal, redirect: str,

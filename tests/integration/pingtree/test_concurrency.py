@@ -113,6 +113,43 @@ def test_a_driver_lost_mid_post_is_redriven_by_the_sweeper_to_one_outcome(tree, 
     assert services.distributions_sweep() == 0
 
 
+def test_a_driver_lost_mid_direct_post_is_redriven_to_one_outcome_without_posting_again(
+    tree, buyers
+):
+    """A buyer called directly (no scenario run): the row said "posted" before the call,
+    so the next driver records the lost post as an error and never posts it again."""
+    lost = tree.offer("Lost", post=buyers.json("/lost"))
+    backup = tree.offer("Backup", post=buyers.json("/backup"))
+    tree.cap(lost, 5)
+    tier = tree.tier("waterfall", lost, backup)
+    lead = tree.lead()
+    dist = services.distribution_ensure(lead=lead)
+    claimed = services._claim(dist.pk)
+    driver = services._Driver(dist=claimed, lead=lead, budget_seconds=None)
+    row = driver._open(lost, tier)
+    cand = services._Candidate(offer=lost, priority=0, weight=100)
+    assert driver._reserve(cand, row) == ""
+    assert driver._direct(lost, "post", fresh=True) is not None  # a direct call
+    OfferResult.objects.filter(pk=row.pk).update(stage="posted")  # ... and it dies
+    assert CapCounter.objects.get().used == 1
+    Distribution.objects.filter(pk=dist.pk).update(
+        lease_until=timezone.now() - timedelta(seconds=1),
+        next_check_at=timezone.now() - timedelta(seconds=1),
+        deadline_at=timezone.now() + timedelta(seconds=10),
+    )
+    assert services.distributions_sweep() == 1
+    dist.refresh_from_db()
+    assert dist.status == "sold" and dist.attempt == 2 and dist.sold_count == 1
+    rows = {r.offer.name: r for r in OfferResult.objects.filter(distribution=dist)}
+    assert rows["Lost"].status == "error" and "lost mid-post" in rows["Lost"].reason
+    assert rows["Lost"].post_run is None and rows["Lost"].post_log is None
+    assert rows["Backup"].is_sold and rows["Backup"].post_log is not None
+    assert buyers.total("/lost") == 0 and buyers.total("/backup") == 1
+    assert CapCounter.objects.get().used == 0  # the lost attempt gave its reservation back
+    assert LeadEvent.objects.filter(lead=lead, kind__in=["sold", "unsold"]).count() == 1
+    assert services.distributions_sweep() == 0
+
+
 def test_a_lost_driver_past_the_deadline_ends_unsold_once(tree, buyers):
     offer = tree.offer("Only", post=buyers.json("/only"))
     tree.tier("waterfall", offer)

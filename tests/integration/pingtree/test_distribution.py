@@ -217,6 +217,30 @@ def test_a_slow_buyer_never_holds_the_lead_past_the_tier_deadline(tree, buyers, 
         assert rows["Slow"].post_run is None and rows["Slow"].post_log is None
 
 
+def test_a_call_the_tree_stopped_waiting_for_is_still_logged_when_it_ends(tree, buyers):
+    slow = tree.offer("Slow", post=buyers.json("/slow", "accepted", delay=1.0))
+    fast = tree.offer("Fast", post=buyers.json("/fast"))
+    tree.tier("waterfall", slow, deadline_seconds=0.3)
+    tree.tier("waterfall", fast)
+    dist = distribute(tree.lead())
+    rows = results(dist)
+    assert rows["Slow"].status == "timeout" and not rows["Slow"].is_sold
+    assert rows["Fast"].is_sold and dist.sold_count == 1
+    # The slow buyer answers after the tree moved on: its call is logged all the same,
+    # and its acceptance changes nothing.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if RequestLog.objects.filter(integration=slow.integration).exists():
+            break
+        time.sleep(0.1)
+    entry = RequestLog.objects.get(integration=slow.integration)
+    assert entry.lead_id == dist.lead_id and entry.outcome == "accepted"
+    row = OfferResult.objects.get(pk=rows["Slow"].pk)
+    assert row.status == "timeout" and row.post_log_id is None and not row.is_sold
+    dist.refresh_from_db()
+    assert dist.sold_count == 1 and buyers.total("/slow") == 1
+
+
 def test_the_overall_deadline_ends_the_tree(tree, buyers):
     tree.tree.deadline_seconds = 1.0
     tree.tree.save()
