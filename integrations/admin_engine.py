@@ -52,21 +52,26 @@ DRIVE_SECONDS = 3.0  # in the web request; what is left continues on the workers
 
 
 def run_replay(*, run: ScenarioRun, deadline_seconds: float = DRIVE_SECONDS) -> ScenarioRun:
-    """A new run with the same integration, lead, step meaning and starting variables
-    (kept on the run's start steps; runs from before that replay with their variables
-    as they ended), driven here for a few seconds, then left to the workers."""
-    first = (
-        RunStep.objects.filter(run=run, parent_step__isnull=True, input__has_key="variables")
-        .values_list("input", flat=True)
-        .first()
+    """A new run with the same integration, lead, step meaning, trigger and starting
+    variables (kept on the run's start steps; runs from before that replay with their
+    variables as they ended), driven here for a few seconds, then left to the workers."""
+    starts = list(
+        RunStep.objects.filter(run=run, parent_step__isnull=True)
+        .order_by("id")
+        .values_list("input", "element__config")
     )
+    first = next((given for given, _config in starts if "variables" in (given or {})), None)
     variables = first["variables"] if first else dict(run.variables or {})
+    # The start the run took: one a webhook trigger (or an action) started has no
+    # default start to replay from.
+    trigger = str((starts[0][1] or {}).get("trigger") or "default") if starts else "default"
     new = run_start(
         integration=run.integration,
         lead=run.lead,
         meaning=run.meaning,
         variables=dict(variables or {}),
         dry_run=run.is_dry_run,
+        trigger=trigger,
         claim=True,
     )
     return run_drive(run_id=new.pk, deadline_seconds=deadline_seconds)

@@ -22,6 +22,7 @@ from werkzeug import Response
 
 from integrations.engine import services as engine
 from integrations.models import (
+    Connection,
     Element,
     Integration,
     RequestLog,
@@ -291,3 +292,48 @@ def test_operator_builds_a_polling_scenario_dry_runs_it_runs_it_and_replays_it(
     assert (new.lead_id, new.is_dry_run) == (lead.pk, False)
     assert len(buyer.log) == 4
     assert integration.elements.filter(kind=Element.Kind.REQUEST).count() == 1
+
+
+def test_operator_replays_a_run_that_a_webhook_trigger_started(
+    e2e_page: Any, live_server: Any, admin_login: Any
+) -> None:
+    """A scenario whose only start is a webhook trigger's is replayed from that start
+    (a replay once looked for a default start and refused)."""
+    page = e2e_page
+    setup = make_lead_setup("Hookco")
+    integration = Integration.objects.create(
+        workspace=setup.workspace, name="Consent updates", status="enabled"
+    )
+
+    def element(kind: str, name: str, config: dict[str, Any]) -> Element:
+        return Element.objects.create(
+            workspace=setup.workspace, integration=integration, kind=kind, name=name,
+            config=config,
+        )  # fmt: skip
+
+    start = element("start", "On callback", {"trigger": "webhook"})
+    keep = element(
+        "set_variable", "Keep the consent", {"name": "consent", "template": "{{status}}"}
+    )
+    Connection.objects.create(
+        workspace=setup.workspace, integration=integration, from_element=start, to_element=keep
+    )
+    # What webhooks.services does with a callback to an endpoint that starts a scenario.
+    run = engine.run_start(
+        integration=integration, trigger="webhook", variables={"status": "withdrawn"}, claim=True
+    )
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=5)
+    assert run.status == ScenarioRun.Status.SUCCEEDED
+
+    admin_login(setup.operator.username, f"{RUNS}{run.pk}/change/")
+    page.locator("#replay-form button[type=submit]").click()
+    expect(page.get_by_text(f"Replayed run {run.pk} as run")).to_be_visible()
+    new = ScenarioRun.objects.exclude(pk=run.pk).get()
+    expect(page).to_have_url(re.compile(rf"{re.escape(RUNS)}{new.pk}/change/$"))
+    expect(field(page, "Status")).to_contain_text("Succeeded")
+    timeline = page.locator("#run-timeline")
+    expect(timeline.locator(".run-step", has_text="On callback")).to_have_count(1)
+    expect(timeline.locator(".run-step", has_text="Keep the consent")).to_contain_text(
+        "consent=withdrawn"
+    )
+    assert new.steps.get(parent_step__isnull=True).element_id == start.pk
