@@ -624,6 +624,62 @@ def _history(dist: Distribution, kind: str, message: str, data: dict | None = No
     )
 
 
+def _history_row(
+    dist: Distribution, kind: str, message: str, data: dict | None = None
+) -> LeadEvent:
+    return LeadEvent(
+        workspace_id=dist.workspace_id, lead_id=dist.lead_id, kind=kind,
+        message=message[:500], data=data or {}, actor="ping tree",
+    )  # fmt: skip
+
+
+_EVENT_FIELDS = [f for f in LeadEvent._meta.concrete_fields if not f.primary_key]
+
+
+def _finish_statement(
+    dist: Distribution, final: dict[str, Any], left: dict[str, Any] | None, event: LeadEvent
+) -> bool:
+    """PostgreSQL: finish the distribution (only while it is still our attempt and
+    running), close the rows left open (``left``) and write the history entry, in one
+    statement. True when it finished."""
+    key = ("finish", tuple(final), left is not None)
+    sql = _sql_texts.get(key)
+    q = connection.ops.quote_name
+    dist_fields = [Distribution._meta.get_field(name) for name in final]
+    if sql is None:
+        sets = ", ".join(
+            f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in dist_fields
+        )
+        parts = [
+            f"d AS (UPDATE {q(Distribution._meta.db_table)} SET {sets} "  # noqa: S608
+            "WHERE id = %s AND attempt = %s AND status = 'running' RETURNING id)"
+        ]
+        if left is not None:
+            parts.append(
+                f"o AS (UPDATE {q(OfferResult._meta.db_table)} SET status = %s, "  # noqa: S608
+                "reason = %s, finished_at = %s WHERE distribution_id = %s "
+                "AND finished_at IS NULL AND EXISTS (SELECT 1 FROM d))"
+            )
+        columns = ", ".join(q(f.column) for f in _EVENT_FIELDS)
+        values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _EVENT_FIELDS)
+        parts.append(
+            f"e AS (INSERT INTO {q(LeadEvent._meta.db_table)} ({columns}) "  # noqa: S608
+            f"SELECT {values} FROM d)"
+        )
+        sql = _sql_texts[key] = "WITH " + ", ".join(parts) + " SELECT count(*) FROM d"  # noqa: S608
+    params: list[Any] = [
+        f.get_db_prep_save(value, connection)
+        for f, value in zip(dist_fields, final.values(), strict=True)
+    ]
+    params += [dist.pk, dist.attempt]
+    if left is not None:
+        params += [left["status"], str(left["reason"])[:500], left["finished_at"], dist.pk]
+    params += [f.get_db_prep_save(f.pre_save(event, True), connection) for f in _EVENT_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return bool(cursor.fetchone()[0])
+
+
 def _claim(dist_id: int) -> Distribution | None:
     """Take the distribution for this driver: pending, waiting, or running with its lease
     run out. Returns it with its new attempt, or None when someone else has it."""
@@ -744,6 +800,11 @@ class _Candidate:
     result: OfferResult | None = None
     value: Decimal | None = None  # what a sale would earn, for ranking
     ping: CallOutcome | None = None
+
+
+def _rank(cand: _Candidate) -> tuple[Any, ...]:
+    """Who is posted first: the highest value, then priority, then the offer."""
+    return (-cand.value, cand.priority, cand.offer.pk)
 
 
 class _Stop(Exception):
@@ -981,6 +1042,20 @@ class _Driver:
                 cancel_reason=self._cut_reason(cand, until), variables=variables,
             )  # fmt: skip
             self._ping_settle(cand, cand.result, outcome, run_id, write=False)
+        postable = [
+            c for c in eligible if c.value is not None and c.result.status == ResultStatus.PENDING
+        ]
+        first = min(postable, key=_rank, default=None)
+        if (
+            first is not None
+            and first.result.stage == ResultStage.PINGED
+            and not (self.dist.sold_count and not self._may_sell(first.offer, max_sales))
+            and _seconds_left(until) > MIN_CALL_SECONDS
+            and (self.lead.is_test or not any(c.is_active for c in first.offer.caps.all()))
+        ):
+            # The best bid is posted next with no cap to reserve: it is written in
+            # flight (posted) with the answers, one statement less before its post.
+            first.result.stage = ResultStage.POSTED
         # Every answer in one statement, before anything is posted.
         self._pings_write([cand.result for cand, *_ in pinged])
         self._post_ranked(
@@ -995,7 +1070,7 @@ class _Driver:
 
     def _post_ranked(self, cands: list[_Candidate], until: datetime, *, max_sales: int) -> None:
         """Post to the highest value first, then the next, up to ``max_sales`` sales."""
-        ranked = sorted(cands, key=lambda c: (-c.value, c.priority, c.offer.pk))
+        ranked = sorted(cands, key=_rank)
         sales = 0
         losers: list[OfferResult] = []
         for cand in ranked:
@@ -1008,6 +1083,7 @@ class _Driver:
                 self._result_update(
                     cand.result, status=ResultStatus.TIMEOUT,
                     reason=f"not posted: {self._deadline_reason(until)}", finished=True,
+                    **({"stage": ResultStage.PINGED} if cand.result.ping_status else {}),
                 )  # fmt: skip
                 continue
             if self._post(cand, cand.result, until):
@@ -1874,37 +1950,43 @@ class _Driver:
             "lease_until": None,
             "next_check_at": None,
         }
-        with transaction.atomic():
-            done = Distribution.objects.filter(
-                pk=dist.pk, attempt=self.dist.attempt, status=DistributionStatus.RUNNING
-            ).update(**final)
-            if not done:
-                raise _Stop
-            # Valid bids never posted (the lead sold first, or the time ran out).
-            open_rows = [r for r in self.results.values() if r.finished_at is None]
-            if open_rows:
-                left = {
-                    "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
-                    "reason": "not posted: the lead was sold" if sold else "not posted in time",
-                    "finished_at": now,
-                }
-                OfferResult.objects.filter(distribution=dist, finished_at__isnull=True).update(
-                    **left
-                )
-                for row in open_rows:
-                    for key, value in left.items():
-                        setattr(row, key, value)
-            if sold:
-                buyers = ", ".join(str(r.offer) for r in self._rows_with_offers() if r.is_sold)
-                _history(
-                    dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
-                    {"revenue": str(revenue), "payout": str(payout)},
-                )  # fmt: skip
-            else:
-                _history(dist, "unsold", f"Not sold: {reason}")
-            lead_id = self.lead.pk
-            if lead_status == LeadStatus.PENDING:
-                transaction.on_commit(lambda: _lead_process_later(lead_id), robust=True)
+        # Valid bids never posted (the lead sold first, or the time ran out).
+        open_rows = [r for r in self.results.values() if r.finished_at is None]
+        left = {
+            "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
+            "reason": "not posted: the lead was sold" if sold else "not posted in time",
+            "finished_at": now,
+        }
+        if sold:
+            buyers = ", ".join(str(r.offer) for r in self._rows_with_offers() if r.is_sold)
+            event = _history_row(
+                dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
+                {"revenue": str(revenue), "payout": str(payout)},
+            )  # fmt: skip
+        else:
+            event = _history_row(dist, "unsold", f"Not sold: {reason}")
+        if connection.vendor == "postgresql":
+            # One statement, atomic by itself: the finish (still our attempt), the rows
+            # left open, the history entry.
+            done = _finish_statement(dist, final, left if open_rows else None, event)
+        else:
+            with transaction.atomic():
+                done = Distribution.objects.filter(
+                    pk=dist.pk, attempt=dist.attempt, status=DistributionStatus.RUNNING
+                ).update(**final)
+                if done:
+                    OfferResult.objects.filter(distribution=dist, finished_at__isnull=True).update(
+                        **left
+                    )
+                    event.save(force_insert=True)
+        if not done:
+            raise _Stop
+        for row in open_rows:
+            for key, value in left.items():
+                setattr(row, key, value)
+        lead_id = self.lead.pk
+        if lead_status == LeadStatus.PENDING:
+            transaction.on_commit(lambda: _lead_process_later(lead_id), robust=True)
         for key, value in final.items():
             setattr(dist, key, value)
         self.finished = True
