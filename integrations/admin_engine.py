@@ -21,14 +21,21 @@ from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import path, reverse
-from django.utils.html import escape, format_html
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from unfold.decorators import display
 
 from integrations.admin import IntegrationAdmin
+from integrations.choices import Meaning, Status
 from integrations.context import sample_context
 from integrations.engine.conditions import SOURCES
-from integrations.engine.services import EngineError, run_cancel, run_drive, run_start
+from integrations.engine.services import (
+    EngineError,
+    run_cancel,
+    run_drive,
+    run_start,
+    scenario_default_build,
+)
 from integrations.models import (
     Connection,
     Element,
@@ -40,6 +47,7 @@ from integrations.models import (
 )
 from integrations.spec import Operator
 from structures.admin.base import ScopedAdmin, ScopedTabularInline, scoped_related_filter
+from structures.models import Lead
 
 RUN_COLOURS = {
     "running": "info", "waiting": "warning", "succeeded": "success", "failed": "danger",
@@ -87,6 +95,17 @@ def run_sample(
     run = run_start(
         integration=integration, meaning=meaning, variables=values, dry_run=True, claim=True
     )
+    return run_drive(run_id=run.pk, deadline_seconds=deadline_seconds)
+
+
+def run_for_lead(
+    *, integration: Integration, lead: Lead, meaning: str = "post",
+    deadline_seconds: float = DRIVE_SECONDS,
+) -> ScenarioRun:  # fmt: skip
+    """A real run for one lead, as a ping tree starts one: the integration's status
+    applies (disabled never sends, test sends only for test leads), driven here for a
+    few seconds; what is left (a wait, a slow buyer) continues on the workers."""
+    run = run_start(integration=integration, lead=lead, meaning=meaning, claim=True)
     return run_drive(run_id=run.pk, deadline_seconds=deadline_seconds)
 
 
@@ -211,12 +230,32 @@ def scenario_svg(integration: Integration) -> SafeString:
 
 
 class _ParentWorkspaceFormSet(BaseInlineFormSet):
-    """Rows take the integration's workspace before validation (the models check it)."""
+    """Rows take the integration's workspace before validation (the models check it).
+    The element and request choices are read once for the whole formset: a select of
+    every row (and the empty row) would otherwise read them again, one query per row."""
 
     def _construct_form(self, i: int, **kwargs: Any) -> Any:
         form = super()._construct_form(i, **kwargs)
         form.instance.workspace_id = self.instance.workspace_id
+        self._share_choices(form)
         return form
+
+    @property
+    def empty_form(self) -> Any:
+        form = super().empty_form
+        self._share_choices(form)
+        return form
+
+    _shared_fields = ("from_element", "to_element", "mirror_of", "request_step")
+
+    def _share_choices(self, form: Any) -> None:
+        cache = self.__dict__.setdefault("_lr_choices", {})
+        for name, field in form.fields.items():
+            # Not the row's own hidden pk field: its choices are never drawn.
+            if isinstance(field, forms.ModelChoiceField) and name in self._shared_fields:
+                if name not in cache:
+                    cache[name] = list(field.choices)
+                field.choices = cache[name]
 
 
 CONDITION_KEYS = ("source", "key_kind", "key", "operator", "value", "value2")
@@ -305,6 +344,10 @@ class ConnectionInline(_IntegrationChoicesMixin, ScopedTabularInline):
     verbose_name_plural = "scenario connections"
     tab = True
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Each row is titled "from → to" by name.
+        return super().get_queryset(request).select_related("from_element", "to_element")
+
 
 class ScenarioIntegrationAdmin(IntegrationAdmin):
     """The builder's integration page plus the scenario editor, diagram and dry run."""
@@ -325,12 +368,35 @@ class ScenarioIntegrationAdmin(IntegrationAdmin):
             yield formset, inline
 
     def change_page_context(self, request: HttpRequest, obj: Integration) -> dict[str, Any]:
+        starts = set(obj.elements.filter(kind=Element.Kind.START).values_list("meaning", flat=True))
+        has_elements = bool(starts) or obj.elements.exists()
+        if not has_elements:
+            # No scenario yet (installed from the library, requests only): the buttons
+            # build the default one from the requests, as a first real run does.
+            starts = {m or Meaning.POST for m in obj.requests.values_list("meaning", flat=True)}
+        can_run = self.has_change_permission(request, obj)
         return {
             **super().change_page_context(request, obj),
             "scenario_svg": scenario_svg(obj),
             "scenario_runs": obj.runs.select_related("lead")[:5],
-            "scenario_can_run": self.has_change_permission(request, obj),
-            "scenario_has_start": obj.elements.filter(kind=Element.Kind.START).exists(),
+            "scenario_can_run": can_run,
+            "scenario_has_start": bool(starts),
+            "scenario_builds_default": not has_elements and bool(starts),
+            # Post first: what the ping tree sells with, and the default of both forms.
+            "scenario_meanings": [
+                (value, label)
+                for value, label in sorted(Meaning.choices, key=lambda c: c[0] != Meaning.POST)
+                if value in starts
+            ],
+            "scenario_recent_leads": (
+                list(
+                    Lead.objects.filter(workspace_id=obj.workspace_id)
+                    .order_by("-id")
+                    .values_list("pcid", flat=True)[:20]
+                )
+                if can_run and starts
+                else []
+            ),
         }
 
     def get_urls(self) -> list:
@@ -341,23 +407,86 @@ class ScenarioIntegrationAdmin(IntegrationAdmin):
                 wrap(self.sample_run_view),
                 name="integrations_integration_sample_run",
             ),
+            path(
+                "<path:object_id>/lead-run/",
+                wrap(self.lead_run_view),
+                name="integrations_integration_lead_run",
+            ),
             *super().get_urls(),
         ]
 
-    def sample_run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def _runnable(self, request: HttpRequest, object_id: str) -> Integration:
+        """The integration a run button posts for: a POST by an operator who may change
+        it (not a viewer, not another workspace's operator)."""
         if request.method != "POST":
             raise Http404
         obj = self.get_object(request, object_id)
         if obj is None or not self.has_change_permission(request, obj):
             raise Http404
+        return obj
+
+    def _default_build(self, request: HttpRequest, obj: Integration) -> None:
+        """An integration without elements gets its default scenario now, as its first
+        real run would (run_start would build it too; here the operator is told)."""
+        if obj.elements.exists():
+            return
+        made = scenario_default_build(integration=obj)
+        if made:
+            self.message_user(
+                request,
+                f"The default scenario was built from the integration's requests "
+                f"({made} elements): edit it in the scenario elements tab.",
+                messages.INFO,
+            )
+
+    def sample_run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        obj = self._runnable(request, object_id)
         meaning = request.POST.get("meaning") or "post"
         try:
+            self._default_build(request, obj)
             run = run_sample(integration=obj, meaning=meaning)
         except EngineError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return redirect("admin:integrations_integration_change", obj.pk)
         self.message_user(
             request, "Dry run with sample values: nothing was sent.", messages.SUCCESS
+        )
+        return redirect("admin:integrations_scenariorun_change", run.pk)
+
+    def lead_run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Run for a lead: a real run (the lead is sent as the integration's status
+        allows), driven for a few seconds here, then the run's page."""
+        obj = self._runnable(request, object_id)
+        meaning = request.POST.get("meaning") or "post"
+        pcid = (request.POST.get("pcid") or "").strip()
+        # Another workspace's lead reads exactly as an unknown id: nothing leaks.
+        lead = (
+            Lead.objects.filter(workspace_id=obj.workspace_id, pcid=pcid).first() if pcid else None
+        )
+        if lead is None:
+            self.message_user(
+                request,
+                f"No lead with id {pcid!r} in the workspace {obj.workspace}: pick one of "
+                f"its leads (Leads, column lead id).",
+                messages.ERROR,
+            )
+            return redirect("admin:integrations_integration_change", obj.pk)
+        try:
+            self._default_build(request, obj)
+            run = run_for_lead(integration=obj, lead=lead, meaning=meaning)
+        except EngineError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return redirect("admin:integrations_integration_change", obj.pk)
+        sending = {
+            Status.DISABLED: " The integration is disabled: nothing was sent.",
+            Status.TEST: (
+                " The integration is in test mode: requests are sent for test leads only."
+            ),
+        }.get(obj.status, "")
+        self.message_user(
+            request,
+            f"Run {run.pk} for lead {lead.pcid}: {run.get_status_display().lower()}.{sending}",
+            messages.WARNING if sending else messages.SUCCESS,
         )
         return redirect("admin:integrations_scenariorun_change", run.pk)
 
@@ -442,11 +571,43 @@ class ScenarioRunAdmin(ScopedAdmin):
     fieldsets = [
         (None, {"fields": ["integration", "lead", "status", "meaning", "is_dry_run", "reason",
                            "created_at", "deadline_at", "finished_at"]}),
-        ("Data", {"fields": ["result", "variables", "counters"]}),
+        ("Data", {"fields": ["result", "variables", "counters_display"]}),
     ]  # fmt: skip
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [f.name for f in ScenarioRun._meta.fields]
+        return [*(f.name for f in ScenarioRun._meta.fields), "counters_display"]
+
+    @display(description="counters")
+    def counters_display(self, obj: ScenarioRun) -> str:
+        """The counters by element name: stored as ``visits:<element id>`` (breakers,
+        repeaters, each mirror its own) and ``event:<name>`` (set event)."""
+        counters = obj.counters or {}
+        if not counters:
+            return "—"
+        ids = {
+            int(key.split(":", 1)[1])
+            for key in counters
+            if key.startswith("visits:") and key.split(":", 1)[1].isdigit()
+        }
+        names = dict(
+            Element.objects.filter(integration_id=obj.integration_id, pk__in=ids).values_list(
+                "pk", "name"
+            )
+        )
+        rows = []
+        for key, value in counters.items():
+            kind, _, rest = key.partition(":")
+            if kind == "visits" and rest.isdigit():
+                name = names.get(int(rest), f"element {rest} (deleted)")
+                label = format_html("passes through <strong>{}</strong>", name)
+            elif kind == "event":
+                label = format_html("event <strong>{}</strong>", rest)
+            else:
+                label = format_html("{}", key)
+            rows.append(format_html('<li class="run-counter">{}: {}</li>', label, value))
+        return format_html(
+            '<ul id="run-counters">{}</ul>', format_html_join("", "{}", ((row,) for row in rows))
+        )
 
     @display(description="status", ordering="status", label=RUN_COLOURS)
     def status_badge(self, obj: ScenarioRun) -> str:

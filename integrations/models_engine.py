@@ -99,7 +99,8 @@ class Element(models.Model):
         indexes = [models.Index(fields=["integration", "kind"], name="element_integration_kind")]
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.kind})"
+        # What the connection lists and the mirror choices show: the kind's label.
+        return f"{self.name} ({self.get_kind_display()})"
 
     def clean(self) -> None:
         if self.integration_id and self.workspace_id != self.integration.workspace_id:
@@ -115,6 +116,7 @@ class Element(models.Model):
                 raise ValidationError({"mirror_of": "Mirror a tool, a request or a wait."})
             if self.mirror_of.workspace_id != self.workspace_id:
                 raise ValidationError({"mirror_of": "The master is in another workspace."})
+        self._clean_settings()
         from integrations.engine.registry import ELEMENT_CHECKS
 
         check = ELEMENT_CHECKS.get(self.kind)
@@ -123,6 +125,44 @@ class Element(models.Model):
                 check(self.config or {}, self.workspace_id)
             except ValueError as exc:
                 raise ValidationError({"config": str(exc)}) from exc
+
+    def _clean_settings(self) -> None:
+        """Settings the engine would only read when a run reaches the element (a
+        wait's mode, hours, weekday, seconds; a breaker's or repeater's limit) are
+        refused on save, naming the setting, by the parser the engine uses."""
+        from integrations.engine.waits import WaitConfigError, wait_config_check
+
+        config = self.config if self.config not in (None, "") else {}
+        if self.kind in (self.Kind.WAIT, self.Kind.BREAKER, self.Kind.REPEATER) and not (
+            isinstance(config, dict)
+        ):
+            raise ValidationError({"config": 'An object of settings, e.g. {"limit": 5}.'})
+        if self.kind == self.Kind.WAIT:
+            try:
+                wait_config_check(config)
+            except WaitConfigError as exc:
+                raise ValidationError({"config": str(exc)}) from exc
+        elif self.kind in (self.Kind.BREAKER, self.Kind.REPEATER):
+            unknown = sorted(set(config) - {"limit"})
+            if unknown:
+                raise ValidationError(
+                    {"config": f"unknown setting {', '.join(unknown)}; use limit."}
+                )
+            limit = config.get("limit")
+            # The engine reads it with int(): "5" and 5 pass, 5.5 or "five" would fail
+            # the run when it reaches the element, and a limit below 1 lets nothing by.
+            if limit is not None and (
+                isinstance(limit, bool)
+                or not isinstance(limit, int | str)
+                or not str(limit).strip().isdigit()
+                or int(limit) < 1
+            ):
+                raise ValidationError(
+                    {
+                        "config": f"limit: a whole number of passes, 1 or more (or no limit "
+                        f"to let every pass through), not {limit!r}."
+                    }
+                )
 
 
 class Connection(models.Model):
@@ -159,7 +199,13 @@ class Connection(models.Model):
         verbose_name = "scenario connection"
 
     def __str__(self) -> str:
-        return f"{self.from_element_id} -> {self.to_element_id}"
+        # Names, not ids: the editor's rows are titled with it (its inline loads both
+        # ends with the connections).
+        ends = [
+            getattr(self, name).name if getattr(self, f"{name}_id") else "?"
+            for name in ("from_element", "to_element")
+        ]
+        return " → ".join(ends)
 
     def clean(self) -> None:
         for element in (self.from_element, self.to_element):
@@ -249,7 +295,8 @@ class ScenarioRun(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"run {self.pk} of {self.integration_id}: {self.status}"
+        # The integration's name: lists load it with the run (list_select_related).
+        return f"run {self.pk} of {self.integration.name}: {self.get_status_display().lower()}"
 
 
 class RunStep(models.Model):

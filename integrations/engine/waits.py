@@ -34,6 +34,17 @@ def _hour(value: Any, default: int) -> time:
         raise WaitConfigError(f"not an hour: {value!r}") from exc
 
 
+def _weekday(value: Any) -> int:
+    """0 Monday ... 6 Sunday."""
+    try:
+        weekday = int(value)
+    except (TypeError, ValueError) as exc:
+        raise WaitConfigError(f"not a weekday (0-6): {value!r}") from exc
+    if not 0 <= weekday <= 6:
+        raise WaitConfigError(f"not a weekday (0-6): {weekday}")
+    return weekday
+
+
 def _at_local(day: datetime, at: time, tz: zoneinfo.ZoneInfo) -> datetime:
     return datetime.combine(day.date(), at, tzinfo=tz)
 
@@ -116,12 +127,7 @@ def wait_until(
             day += timedelta(days=1)
         return _at_local(day, opens, tz).astimezone(UTC)
     if mode == "weekday":
-        try:
-            weekday = int(config.get("weekday"))  # 0 Monday ... 6 Sunday
-        except (TypeError, ValueError) as exc:
-            raise WaitConfigError(f"not a weekday (0-6): {config.get('weekday')!r}") from exc
-        if not 0 <= weekday <= 6:
-            raise WaitConfigError(f"not a weekday (0-6): {weekday}")
+        weekday = _weekday(config.get("weekday"))
         opens = _hour(config.get("from_hour"), 0)
         days = (weekday - local.weekday()) % 7
         candidate = _at_local(local + timedelta(days=days), opens, tz)
@@ -129,3 +135,75 @@ def wait_until(
             candidate = _at_local(local + timedelta(days=days or 7), opens, tz)
         return candidate.astimezone(UTC)
     raise WaitConfigError(f"unknown wait mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+# Every setting some mode reads (wait_until); another name is a typo.
+SETTINGS = ("mode", "seconds", "at", "relative_to", "from_hour", "to_hour", "weekday")
+
+
+def wait_config_check(config: Mapping[str, Any]) -> None:
+    """Refuse, when the element is saved, settings that ``wait_until`` could not read
+    when a run reaches it: each setting its mode reads goes through the same parser,
+    and the message names the setting (``weekday: not a weekday (0-6): 12``). Then
+    ``wait_until`` itself reads them once, with the time a relative wait needs."""
+    unknown = sorted(set(config) - set(SETTINGS))
+    if unknown:
+        raise WaitConfigError(f"unknown setting {', '.join(unknown)}; use {', '.join(SETTINGS)}")
+    mode = str(config.get("mode") or "delay")
+    if mode not in MODES:
+        raise WaitConfigError(f"mode: unknown wait mode {mode!r}; use one of {', '.join(MODES)}")
+    checks: list[tuple[str, Any]] = []
+    if mode == "delay":
+        if config.get("seconds") in (None, ""):
+            # Read as 0 by the engine: a delay that does not wait is a forgotten setting.
+            raise WaitConfigError(
+                'seconds: a delay needs seconds, e.g. {"mode": "delay", "seconds": 30}'
+            )
+        checks.append(("seconds", lambda: _seconds(config)))
+    elif mode == "relative":
+        if not str(config.get("relative_to") or "").strip():
+            raise WaitConfigError(
+                f"relative_to: a relative wait needs a variable holding a time, or {LEAD_CREATED}"
+            )
+        checks.append(("seconds", lambda: _seconds(config)))
+    elif mode == "until":
+        try:
+            at = parse_datetime(str(config.get("at") or ""))
+        except ValueError:  # well formed, not a date: "2026-13-45 08:00"
+            at = None
+        if at is None:
+            raise WaitConfigError(
+                f'at: not a date and time: {config.get("at")!r} (e.g. "2026-03-04 08:00")'
+            )
+    elif mode == "within_hours":
+        opens = _named("from_hour", lambda: _hour(config.get("from_hour"), 9))
+        closes = _named("to_hour", lambda: _hour(config.get("to_hour"), 17))
+        if opens >= closes:
+            raise WaitConfigError(
+                f"from_hour ({opens:%H:%M}) must be before to_hour ({closes:%H:%M})"
+            )
+    elif mode == "next_working_day":
+        checks.append(("from_hour", lambda: _hour(config.get("from_hour"), 9)))
+    elif mode == "weekday":
+        checks.append(("weekday", lambda: _weekday(config.get("weekday"))))
+        checks.append(("from_hour", lambda: _hour(config.get("from_hour"), 0)))
+    for name, check in checks:
+        _named(name, check)
+    now = datetime.now(UTC)
+    anchor = str(config.get("relative_to") or "").strip()
+    try:
+        wait_until(
+            config=config, now=now, tz_name="UTC", variables={anchor: now.isoformat()},
+            lead_created_at=now,
+        )  # fmt: skip
+    except WaitConfigError:
+        raise
+    except (OverflowError, ValueError) as exc:  # e.g. seconds past the calendar's end
+        raise WaitConfigError(f"seconds: out of range: {config.get('seconds')!r}") from exc
+
+
+def _named(name: str, check: Any) -> Any:
+    try:
+        return check()
+    except WaitConfigError as exc:
+        raise WaitConfigError(f"{name}: {exc}") from exc

@@ -6,13 +6,16 @@ reaching none of it. Each refusal has its positive control."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from typing import Any
 
 import pytest
 from django import forms
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from werkzeug import Response
 
@@ -144,6 +147,25 @@ def page_payload(response: Any) -> dict[str, Any]:
             put(form)
     data["_continue"] = "Save and continue editing"
     return data
+
+
+def page_errors(response: Any) -> str:
+    """Every error of a refused change page (form and inline rows), as one text."""
+    errors = [str(response.context["adminform"].form.errors)]
+    for inline in response.context["inline_admin_formsets"]:
+        errors += [str(e) for e in inline.formset.errors if e]
+        errors += [str(e) for e in inline.formset.non_form_errors()]
+    return html.unescape(" ".join(errors))
+
+
+def queries(fn: Any) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        fn()
+    return len(captured)
+
+
+def page_messages(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
 
 
 def add_row(data: dict[str, Any], prefix: str, **values: Any) -> None:
@@ -368,3 +390,291 @@ def test_a_post_without_the_editor_leaves_the_scenario_alone(setup, operator):
     graph.integration.refresh_from_db()
     assert graph.integration.name == "Renamed buyer"
     assert graph.integration.elements.count() == 4 and graph.integration.connections.count() == 4
+
+
+# --- labels: names, not internal values ------------------------------------------------------
+
+
+def test_run_labels_name_the_integration_without_a_query_per_row(setup, operator, buyer, lead):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    run = graph.run(lead)
+    listing = reverse("admin:integrations_scenariorun_changelist")
+    html = operator.get(listing).content.decode()
+    assert f"run {run.pk} of Scenario buyer: succeeded" in html
+    assert f"run {run.pk} of {graph.integration.pk}:" not in html
+    title = operator.get(change_url("scenariorun", run.pk)).content.decode()
+    assert f"run {run.pk} of Scenario buyer" in title
+
+    one = queries(lambda: operator.get(listing))
+    for _ in range(3):
+        graph.run(lead)
+    assert queries(lambda: operator.get(listing)) == one  # 4 rows, same queries as 1
+
+
+def test_editor_lists_show_kind_labels_and_named_arrows_without_a_query_per_row(setup, operator):
+    graph = Graph(setup, "https://93.184.216.34/x")
+    url = change_url("integration", graph.integration.pk)
+    html = operator.get(url).content.decode()
+    # The connection ends and the mirror choices: the kind's label, not its value.
+    assert ">Mark done (Set variable)</option>" in html
+    assert ">Half a minute (Wait)</option>" in html
+    assert "(set_variable)" not in html
+    # Each connection row is titled by the names of its ends, not their ids.
+    assert "Begin here → Post to buyer" in html
+    assert f"{graph.start.pk} -&gt; {graph.request.pk}" not in html
+
+    before = queries(lambda: operator.get(url))
+    ws = setup.workspace
+    for index in range(4):
+        extra = Element.objects.create(
+            workspace=ws, integration=graph.integration, kind=Kind.SET_VARIABLE,
+            name=f"Extra {index}", config={"name": f"x{index}", "template": "1"},
+        )  # fmt: skip
+        Connection.objects.create(
+            workspace=ws, integration=graph.integration, from_element=graph.done, to_element=extra
+        )
+    assert queries(lambda: operator.get(url)) == before  # 4 more rows of each, no more queries
+
+
+def test_run_counters_show_element_names_and_keep_the_stored_keys(setup, operator):
+    ws = setup.workspace
+    integration = Integration.objects.create(workspace=ws, name="Counting", status="enabled")
+
+    def element(kind: str, name: str, config: dict) -> Element:
+        return Element.objects.create(
+            workspace=ws, integration=integration, kind=kind, name=name, config=config
+        )
+
+    start = element(Kind.START, "Begin", {})
+    breaker = element(Kind.BREAKER, "At most 3 tries", {"limit": 3})
+    event = element(Kind.SET_EVENT, "Count a try", {"name": "tries"})
+    for a, b in ((start, breaker), (breaker, event)):
+        Connection.objects.create(
+            workspace=ws, integration=integration, from_element=a, to_element=b
+        )
+    run = engine.run_drive(run_id=engine.run_start(integration=integration).pk, deadline_seconds=5)
+    assert run.counters == {f"visits:{breaker.pk}": 1, "event:tries": 1}  # stored as it was
+
+    html = operator.get(change_url("scenariorun", run.pk)).content.decode()
+    counters = re.search(r'<ul id="run-counters">.*?</ul>', html, re.S).group(0)
+    assert "passes through <strong>At most 3 tries</strong>: 1" in counters
+    assert "event <strong>tries</strong>: 1" in counters
+    assert f"visits:{breaker.pk}" not in html
+
+
+# --- settings checked on save ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "message"),
+    [
+        ("wait", {"mode": "sometimes"}, "mode: unknown wait mode 'sometimes'"),
+        ("wait", {"mode": "weekday", "weekday": 12}, "weekday: not a weekday (0-6): 12"),
+        ("wait", {"mode": "weekday", "weekday": "friday"}, "weekday: not a weekday (0-6)"),
+        ("wait", {"mode": "within_hours", "from_hour": "25"}, "from_hour: not an hour: '25'"),
+        ("wait", {"mode": "within_hours", "to_hour": "9:xx"}, "to_hour: not an hour"),
+        ("wait", {"mode": "within_hours", "from_hour": 18, "to_hour": 9}, "must be before"),
+        ("wait", {"mode": "delay"}, "seconds: a delay needs seconds"),
+        ("wait", {"mode": "delay", "seconds": "soon"}, "seconds: not a number of seconds"),
+        ("wait", {"mode": "delay", "seconds": 1e300}, "seconds: out of range"),
+        ("wait", {"mode": "delay", "secs": 30}, "unknown setting secs"),
+        ("wait", {"mode": "until", "at": "tomorrow"}, "at: not a date and time: 'tomorrow'"),
+        ("wait", {"mode": "until", "at": "2026-13-45 08:00"}, "at: not a date and time"),
+        ("wait", {"mode": "relative", "seconds": 60}, "relative_to: a relative wait needs"),
+        ("wait", {"mode": "next_working_day", "from_hour": "noon"}, "from_hour: not an hour"),
+        ("breaker", {"limit": "five"}, "limit: a whole number of passes"),
+        ("breaker", {"limit": 2.5}, "limit: a whole number of passes"),
+        ("repeater", {"limit": 0}, "limit: a whole number of passes"),
+        ("repeater", {"limti": 3}, "unknown setting limti; use limit"),
+    ],
+)
+def test_unreadable_wait_and_limit_settings_are_refused_on_save_naming_the_setting(
+    setup, operator, kind, config, message
+):
+    integration = Integration.objects.create(workspace=setup.workspace, name="Checked")
+    url = change_url("integration", integration.pk)
+    data = page_payload(operator.get(url))
+    add_row(data, "elements", position=0, name="Checked element", kind=kind, meaning="post",
+            config=json.dumps(config))  # fmt: skip
+    response = operator.post(url, data)
+    assert response.status_code == 200
+    assert message in page_errors(response)
+    assert not integration.elements.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        ("wait", {"mode": "delay", "seconds": 30}),
+        ("wait", {"mode": "delay", "seconds": "30"}),
+        ("wait", {"mode": "weekday", "weekday": 4, "from_hour": "12:00"}),
+        ("wait", {"mode": "within_hours", "from_hour": 10, "to_hour": "18:30"}),
+        ("wait", {"mode": "within_hours"}),
+        ("wait", {"mode": "until", "at": "2026-03-04 08:00"}),
+        ("wait", {"mode": "relative", "relative_to": "lead_created", "seconds": 3600}),
+        ("wait", {"mode": "relative", "relative_to": "callback_at"}),
+        ("wait", {"mode": "next_working_day", "from_hour": 9}),
+        ("breaker", {"limit": 5}),
+        ("breaker", {"limit": "5"}),
+        ("repeater", {}),
+    ],
+)
+def test_readable_wait_and_limit_settings_save(setup, operator, kind, config):
+    integration = Integration.objects.create(workspace=setup.workspace, name="Checked")
+    url = change_url("integration", integration.pk)
+    data = page_payload(operator.get(url))
+    add_row(data, "elements", position=0, name="Checked element", kind=kind, meaning="post",
+            config=json.dumps(config))  # fmt: skip
+    response = operator.post(url, data)
+    assert response.status_code == 302, page_errors(response)
+    assert integration.elements.get().config == config
+
+
+# --- dry run of an integration without elements ----------------------------------------------
+
+
+def test_dry_run_of_an_integration_without_elements_builds_the_default_scenario(
+    setup, operator, httpserver
+):
+    integration = Integration.objects.create(
+        workspace=setup.workspace, name="From the library", status="enabled"
+    )
+    for position, meaning in enumerate(("ping", "post")):
+        RequestStep.objects.create(
+            workspace=setup.workspace, integration=integration, position=position,
+            meaning=meaning, name=f"{meaning} request", method="POST",
+            url=httpserver.url_for(f"/{meaning}"),
+        )  # fmt: skip
+    page = operator.get(change_url("integration", integration.pk)).content.decode()
+    assert 'id="sample-run-form"' in page and 'id="scenario-default-note"' in page
+    assert '<option value="post">post</option><option value="ping">ping</option>' in page
+
+    response = operator.post(
+        change_url("integration", integration.pk, "sample_run"), {"meaning": "post"}, follow=True
+    )
+    run = ScenarioRun.objects.get()
+    assert response.redirect_chain[-1][0] == change_url("scenariorun", run.pk)
+    assert any("default scenario was built" in m for m in page_messages(response))
+    # The scenario a first real run would have built: a start per meaning, its request.
+    starts = integration.elements.filter(kind=Kind.START)
+    assert sorted(starts.values_list("meaning", flat=True)) == ["ping", "post"]
+    assert integration.elements.filter(kind=Kind.REQUEST).count() == 2
+    assert run.is_dry_run and run.meaning == "post" and run.lead_id is None
+    assert httpserver.log == []
+    log = RequestLog.objects.get(integration=integration)
+    assert log.request_step.meaning == "post" and not log.was_sent
+
+    # Built once: the next dry run uses it as it is.
+    operator.post(change_url("integration", integration.pk, "sample_run"), {"meaning": "ping"})
+    assert integration.elements.count() == 4 and ScenarioRun.objects.count() == 2
+
+
+def test_no_run_buttons_without_a_request_or_a_start(setup, operator):
+    integration = Integration.objects.create(workspace=setup.workspace, name="Nothing yet")
+    page = operator.get(change_url("integration", integration.pk)).content.decode()
+    assert 'id="sample-run-form"' not in page and 'id="lead-run-form"' not in page
+    RequestStep.objects.create(
+        workspace=setup.workspace, integration=integration, url="https://93.184.216.34/x"
+    )
+    page = operator.get(change_url("integration", integration.pk)).content.decode()
+    assert 'id="sample-run-form"' in page and 'id="lead-run-form"' in page
+
+
+# --- run for a lead --------------------------------------------------------------------------
+
+
+def test_run_for_a_lead_sends_it_and_opens_the_run(setup, operator, buyer, lead):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    url = change_url("integration", graph.integration.pk, "lead_run")
+    page = operator.get(change_url("integration", graph.integration.pk)).content.decode()
+    assert 'id="lead-run-form"' in page and f'<option value="{lead.pcid}">' in page
+    assert operator.get(url).status_code == 404
+
+    response = operator.post(url, {"pcid": f" {lead.pcid} ", "meaning": "post"}, follow=True)
+    run = ScenarioRun.objects.get()
+    assert response.redirect_chain[-1][0] == change_url("scenariorun", run.pk)
+    assert (run.lead_id, run.is_dry_run, run.status) == (lead.pk, False, "succeeded")
+    assert len(buyer.log) == 1
+    assert f"Run {run.pk} for lead {lead.pcid}: succeeded." in page_messages(response)
+    assert RequestLog.objects.get(run_step__run=run).was_sent
+
+
+def test_run_for_a_lead_refuses_another_workspaces_lead_and_unknown_ids(
+    setup, operator, buyer, lead
+):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    url = change_url("integration", graph.integration.pk, "lead_run")
+    other = make_lead_setup("Other")
+    foreign = Lead.objects.create(
+        workspace=other.workspace, structure=other.structure, partner=other.partner,
+        source="api", status="approved", data={"g_email": "x@example.com"},
+    )  # fmt: skip
+    for pcid in (foreign.pcid, "nope", ""):
+        response = operator.post(url, {"pcid": pcid}, follow=True)
+        assert response.redirect_chain[-1][0] == change_url("integration", graph.integration.pk)
+        assert f"No lead with id {pcid!r} in the workspace Acme" in " ".join(
+            page_messages(response)
+        )
+    assert not ScenarioRun.objects.exists() and buyer.log == []
+    # Positive control: the workspace's own lead runs.
+    assert operator.post(url, {"pcid": lead.pcid}).status_code == 302
+    assert ScenarioRun.objects.get().lead_id == lead.pk
+
+
+@pytest.mark.parametrize(
+    ("status", "is_test", "sent"),
+    [
+        ("disabled", True, False),
+        ("test", False, False),
+        ("test", True, True),
+        ("enabled", False, True),
+    ],
+)
+def test_run_for_a_lead_keeps_the_integrations_status(
+    setup, operator, buyer, lead, status, is_test, sent
+):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    Integration.objects.filter(pk=graph.integration.pk).update(status=status)
+    Lead.objects.filter(pk=lead.pk).update(is_test=is_test)
+    url = change_url("integration", graph.integration.pk, "lead_run")
+    assert operator.post(url, {"pcid": lead.pcid}).status_code == 302
+    run = ScenarioRun.objects.get()
+    assert run.lead_id == lead.pk and not run.is_dry_run
+    assert len(buyer.log) == int(sent)
+    assert RequestLog.objects.get(run_step__run=run).was_sent is sent
+
+
+def test_run_for_a_lead_builds_the_default_scenario_of_an_integration_without_elements(
+    setup, operator, buyer, lead
+):
+    integration = Integration.objects.create(
+        workspace=setup.workspace, name="Installed", status="enabled"
+    )
+    RequestStep.objects.create(
+        workspace=setup.workspace, integration=integration, name="Post", method="POST",
+        url=buyer.url_for("/leads"),
+    )  # fmt: skip
+    url = change_url("integration", integration.pk, "lead_run")
+    assert operator.post(url, {"pcid": lead.pcid}).status_code == 302
+    run = ScenarioRun.objects.get()
+    assert run.status == "succeeded" and len(buyer.log) == 1
+    assert integration.elements.filter(kind=Kind.START).count() == 1
+
+
+def test_run_for_a_lead_is_for_operators_who_may_change_the_integration(
+    setup, operator, buyer, lead
+):
+    graph = Graph(setup, buyer.url_for("/leads"))
+    url = change_url("integration", graph.integration.pk, "lead_run")
+    stranger = client_for(make_lead_setup("Other").operator)
+    assert stranger.post(url, {"pcid": lead.pcid}).status_code == 404
+    viewer = UserFactory()
+    Membership.objects.create(workspace=setup.workspace, user=viewer, role=Role.VIEWER)
+    as_viewer = client_for(viewer)
+    page = as_viewer.get(change_url("integration", graph.integration.pk)).content.decode()
+    assert 'id="lead-run-form"' not in page
+    assert as_viewer.post(url, {"pcid": lead.pcid}).status_code == 404
+    assert not ScenarioRun.objects.exists() and buyer.log == []
+    # Positive control: the owner may.
+    assert operator.post(url, {"pcid": lead.pcid}).status_code == 302
+    assert ScenarioRun.objects.count() == 1 and len(buyer.log) == 1
