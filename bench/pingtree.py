@@ -21,11 +21,12 @@ Parts:
     against a plain thread-pool fan-out of the same requests in the same run (bare:
     a ``requests.Session`` per thread in this process, the 5 pings in parallel on a
     thread pool, the highest bid posted), rounds alternating bare, ours, bare, ours;
-    medians. Ours runs as the product is deployed: ``--ours-processes`` worker
-    processes (default 2, one per core, as the realtime queue's workers run), the
-    leads in flight split between them, each driving distributions on its own threads
-    and buyer pool (``--ours-processes 1``: everything in one process, the earlier
-    measurement). 2 cores: the processes, PostgreSQL and the buyers share them.
+    medians. Ours runs in this one process by default (the measurement of every
+    earlier run); ``--ours-processes N`` runs it in N fresh worker processes instead,
+    as the realtime queue's workers run, the leads in flight split between them, each
+    driving distributions on its own threads and buyer pool (on this shared 2-core
+    machine 2 processes did worse than 1: docs/benchmarks.md). 2 cores: ours,
+    PostgreSQL and the buyers share them.
 
 ``ratio = ideal time / our time`` for (a) and (b), ``our leads/s / bare leads/s`` for
 (c); the line reports the worst of the three. Ends with exactly
@@ -382,6 +383,11 @@ def sustained_ours_processes(
                 args=(lead_ids, warmup_ids, share, seconds, index, ready, start, results),
             )
         )
+    # This process's buyer pool holds a connection per thread: give them back before
+    # the workers open theirs (PostgreSQL's max_connections is shared with everyone).
+    from pingtree.services import pool_shutdown
+
+    pool_shutdown()
     connections.close_all()
     for worker in workers:
         worker.start()
@@ -485,8 +491,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="per round and side in (c)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--ours-processes", type=int, default=2,
-        help="worker processes driving ours in (c), as deployed (1: this process only)",
+        "--ours-processes", type=int, default=1,
+        help="worker processes driving ours in (c) (default 1: this process only)",
     )  # fmt: skip
     args = parser.parse_args()
     t_start = time.monotonic()
