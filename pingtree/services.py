@@ -433,7 +433,8 @@ def _results_insert(rows: list[OfferResult]) -> None:
 
 
 def _results_open(rows: list[OfferResult]) -> None:
-    """INSERT fresh rows (pending, not yet asked: what _Driver._open_many makes) in one
+    """INSERT fresh rows (pending, nothing said yet: what _Driver._open makes for an
+    offer it asks, and _open_many for an auction) in one
     statement whose text does not depend on their number: the values they share once,
     the three that differ as arrays. Their ids set. PostgreSQL only."""
     first = rows[0]
@@ -1232,7 +1233,10 @@ class _Driver:
             # In autocommit a failed INSERT costs nothing; inside a transaction (tests) it
             # needs a savepoint.
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-                _results_insert([row])
+                if connection.vendor == "postgresql" and not skipped:
+                    _results_open([row])  # the lean statement: nothing to say yet
+                else:
+                    _results_insert([row])
         except IntegrityError:
             row = OfferResult.objects.get(distribution=self.dist, offer=offer)
         self.results[offer.pk] = row
