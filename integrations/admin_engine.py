@@ -132,6 +132,33 @@ def condition_summary(conditions: list[dict[str, Any]] | None, *, limit: int = 3
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+LABEL_STEP, LABEL_CHAR_W = 13, 5.6  # an arrow label's line height and average glyph width
+
+
+def label_box(label: str, x: float, y: float) -> tuple[float, float, float, float]:
+    """The room an arrow's label (font size 10, centred on x, baseline y) takes."""
+    half = len(label) * LABEL_CHAR_W / 2 + 3
+    return (x - half, y - 10, x + half, y + 2)
+
+
+def _label_free_y(
+    label: str, x: float, y: float, placed: list[tuple[float, float, float, float]]
+) -> float:
+    """The label's baseline moved down, a line at a time, until it overlaps no label
+    already drawn (two arrows out of one box start at the same point; an OR is two
+    arrows between the same boxes). Records the room it takes."""
+    for _ in range(30):
+        box = label_box(label, x, y)
+        if not any(
+            box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]
+            for other in placed
+        ):
+            break
+        y += LABEL_STEP
+    placed.append(label_box(label, x, y))
+    return y
+
+
 def _depths(elements: list[Element], connections: list[Connection]) -> dict[int, int]:
     """Layer of each element: its BFS depth from the starts; unreached ones after."""
     outgoing: dict[int, list[int]] = {}
@@ -175,38 +202,42 @@ def scenario_svg(integration: Integration) -> SafeString:
             )
     width = MARGIN * 2 + (max(layers) + 1) * (BOX_W + GAP_X) - GAP_X
     height = MARGIN * 2 + max(len(m) for m in layers.values()) * (BOX_H + GAP_Y) - GAP_Y + 40
-    parts: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="scenario-diagram" role="img" '
-        f'aria-label="Scenario diagram" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" class="max-w-full h-auto text-base-700 '
-        f'dark:text-base-200" font-family="inherit" font-size="12">',
-        '<defs><marker id="scenario-arrow" viewBox="0 0 10 10" refX="10" refY="5" '
-        'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
-        '<path d="M0,0 L10,5 L0,10 z" fill="currentColor"/></marker></defs>',
-    ]
+    parts: list[str] = []  # back arrows, drawn under the boxes
+    over: list[str] = []  # forward arrows, drawn over them: a long label stays readable
+    placed: list[tuple[float, float, float, float]] = []
+    parallel: dict[tuple[int, int], int] = {}
     for connection in connections:
         if connection.from_element_id not in where or connection.to_element_id not in where:
             continue
         x1, y1 = where[connection.from_element_id]
         x2, y2 = where[connection.to_element_id]
+        # A second arrow between the same two boxes (an OR) bends further down, so it
+        # does not hide under the first.
+        pair = (connection.from_element_id, connection.to_element_id)
+        bend = parallel.get(pair, 0) * LABEL_STEP * 1.5
+        parallel[pair] = parallel.get(pair, 0) + 1
         if x2 > x1:  # forward: right edge to left edge
             sx, sy, ex, ey = x1 + BOX_W, y1 + BOX_H / 2, x2, y2 + BOX_H / 2
             mx = (sx + ex) / 2
-            d = f"M{sx},{sy} C{mx},{sy} {mx},{ey} {ex},{ey}"
-            lx, ly = mx, (sy + ey) / 2 - 6
+            d = f"M{sx},{sy} C{mx},{sy + bend} {mx},{ey + bend} {ex},{ey}"
+            lx, ly = mx, (sy + ey) / 2 + 0.75 * bend - 6  # the curve's middle, just above
         else:  # back or same layer (loops): under the boxes
             sx, sy = x1 + BOX_W / 2, y1 + BOX_H
             ex, ey = x2 + BOX_W / 2, y2 + BOX_H
-            low = max(sy, ey) + GAP_Y
+            low = max(sy, ey) + GAP_Y + bend
             d = f"M{sx},{sy} C{sx},{low} {ex},{low} {ex},{ey}"
             lx, ly = (sx + ex) / 2, low - 4
         label = condition_summary(connection.conditions)
-        parts.append(
+        ly = _label_free_y(label, lx, ly, placed)
+        height = max(height, int(ly) + MARGIN)
+        (over if x2 > x1 else parts).append(
             f'<g class="scenario-connection" data-connection="{connection.pk}">'
             f'<path d="{d}" fill="none" stroke="currentColor" stroke-width="1.5" '
             f'marker-end="url(#scenario-arrow)"/>'
-            f'<text x="{lx}" y="{ly}" text-anchor="middle" font-size="10" '
-            f'fill="currentColor">{escape(label)}</text>'
+            # A halo in the boxes' colour: the label reads over a line or a box's edge.
+            f'<text x="{lx}" y="{ly}" text-anchor="middle" font-size="10" fill="#374151" '
+            f'stroke="#f8fafc" stroke-width="3" stroke-linejoin="round" paint-order="stroke">'
+            f"{escape(label)}</text>"
             f"<title>{escape(json.dumps(connection.conditions or []))}</title></g>"
         )
     for element in elements:
@@ -222,8 +253,18 @@ def scenario_svg(integration: Integration) -> SafeString:
             f"{escape(element.name[:24])}</text>"
             f"<title>{escape(element.name)}</title></g>"
         )
+    parts += over
     parts.append("</svg>")
-    return mark_safe("".join(parts))  # noqa: S308 - every text above is escaped
+    head = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="scenario-diagram" role="img" '
+        f'aria-label="Scenario diagram" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" class="max-w-full h-auto text-base-700 '
+        f'dark:text-base-200" font-family="inherit" font-size="12">',
+        '<defs><marker id="scenario-arrow" viewBox="0 0 10 10" refX="10" refY="5" '
+        'markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
+        '<path d="M0,0 L10,5 L0,10 z" fill="currentColor"/></marker></defs>',
+    ]
+    return mark_safe("".join(head + parts))  # noqa: S308 - every text above is escaped
 
 
 # --- the scenario editor -------------------------------------------------------------------

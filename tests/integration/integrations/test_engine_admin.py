@@ -678,3 +678,66 @@ def test_run_for_a_lead_is_for_operators_who_may_change_the_integration(
     # Positive control: the owner may.
     assert operator.post(url, {"pcid": lead.pcid}).status_code == 302
     assert ScenarioRun.objects.count() == 1 and len(buyer.log) == 1
+
+
+# --- the diagram's labels and the run page's order ------------------------------------------
+
+
+def test_labels_of_arrows_leaving_one_box_do_not_overlap(setup, operator):
+    from integrations.admin_engine import label_box
+
+    ws = setup.workspace
+    integration = Integration.objects.create(workspace=ws, name="Branches")
+
+    def element(kind: str, name: str) -> Element:
+        return Element.objects.create(
+            workspace=ws, integration=integration, kind=kind, name=name,
+            config={"name": name, "template": "1"} if kind == Kind.SET_VARIABLE else {},
+        )  # fmt: skip
+
+    def condition(value: str) -> dict[str, str]:
+        return {"source": "variable", "key": "buyer_status", "operator": "not_equals",
+                "value": value}  # fmt: skip
+
+    start = element(Kind.START, "Begin")
+    near = element(Kind.SET_VARIABLE, "Near")
+    far = element(Kind.SET_VARIABLE, "Far")
+    arrows = [
+        (start, near, [condition("approved")]),
+        (start, near, [condition("accepted")]),  # an OR: a second arrow, same ends
+        (start, far, [condition("declined")]),  # passes over "Near": same row
+        (near, far, [condition("rejected")]),
+    ]
+    for position, (a, b, conditions) in enumerate(arrows):
+        Connection.objects.create(
+            workspace=ws, integration=integration, from_element=a, to_element=b,
+            position=position, conditions=conditions,
+        )  # fmt: skip
+    page = operator.get(change_url("integration", integration.pk)).content.decode()
+    groups = re.findall(r'<g class="scenario-connection".*?</g>', page, re.S)
+    assert len(groups) == 4
+    labels = []
+    for group in groups:
+        x, y, text = re.search(
+            r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>([^<]*)</text>', group
+        ).groups()
+        labels.append(label_box(html.unescape(text), float(x), float(y)))
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    paths = [re.search(r'<path d="([^"]+)"', group).group(1) for group in groups]
+    assert len(set(paths)) == 4  # the OR's two arrows are two visible curves
+    height = float(re.search(r'id="scenario-diagram"[^>]*height="(\d+)"', page).group(1))
+    assert max(box[3] for box in labels) < height  # every label inside the drawing
+
+
+def test_run_page_shows_the_timeline_between_the_status_and_the_sample_variables(setup, operator):
+    graph = Graph(setup, "https://93.184.216.34/x")
+    operator.post(change_url("integration", graph.integration.pk, "sample_run"), {})
+    run = ScenarioRun.objects.get()
+    assert len(run.variables) > 10  # every sample field and system value
+    html = operator.get(change_url("scenariorun", run.pk)).content.decode()
+    status, timeline = html.index(">Status</label>"), html.index('id="run-timeline"')
+    variables = html.index(">Variables</label>")
+    assert status < timeline < variables
+    assert html.count('id="run-timeline"') == 1 and "Post to buyer" in html
