@@ -133,10 +133,25 @@ class Element(models.Model):
         from integrations.engine.waits import WaitConfigError, wait_config_check
 
         config = self.config if self.config not in (None, "") else {}
-        if self.kind in (self.Kind.WAIT, self.Kind.BREAKER, self.Kind.REPEATER) and not (
-            isinstance(config, dict)
-        ):
-            raise ValidationError({"config": 'An object of settings, e.g. {"limit": 5}.'})
+        examples = {
+            self.Kind.WAIT: '{"mode": "delay", "seconds": 30}',
+            self.Kind.BREAKER: '{"limit": 5}',
+            self.Kind.REPEATER: '{"limit": 5}',
+            self.Kind.SET_EVENT: '{"name": "tries", "increment": 1}',
+        }
+        if self.kind in examples and not isinstance(config, dict):
+            raise ValidationError({"config": f"An object of settings, e.g. {examples[self.kind]}."})
+        if self.kind == self.Kind.SET_EVENT:
+            increment = config.get("increment", 1)
+            # Read with int() when a run reaches it: "2" and -1 pass, 1.5 or "one" would
+            # fail that run.
+            if isinstance(increment, bool) or not (
+                isinstance(increment, int)
+                or (isinstance(increment, str) and increment.strip().lstrip("-").isdigit())
+            ):
+                raise ValidationError(
+                    {"config": f"increment: a whole number (default 1), not {increment!r}."}
+                )
         if self.kind == self.Kind.WAIT:
             try:
                 wait_config_check(config)

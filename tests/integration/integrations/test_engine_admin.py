@@ -486,6 +486,10 @@ def test_run_counters_show_element_names_and_keep_the_stored_keys(setup, operato
         ("breaker", {"limit": 2.5}, "limit: a whole number of passes"),
         ("repeater", {"limit": 0}, "limit: a whole number of passes"),
         ("repeater", {"limti": 3}, "unknown setting limti; use limit"),
+        ("repeater", [3], 'An object of settings, e.g. {"limit": 5}'),
+        ("wait", "30", 'An object of settings, e.g. {"mode": "delay", "seconds": 30}'),
+        ("set_event", {"name": "tries", "increment": "one"}, "increment: a whole number"),
+        ("set_event", {"name": "tries", "increment": 1.5}, "increment: a whole number"),
     ],
 )
 def test_unreadable_wait_and_limit_settings_are_refused_on_save_naming_the_setting(
@@ -517,6 +521,8 @@ def test_unreadable_wait_and_limit_settings_are_refused_on_save_naming_the_setti
         ("breaker", {"limit": 5}),
         ("breaker", {"limit": "5"}),
         ("repeater", {}),
+        ("set_event", {"name": "tries"}),
+        ("set_event", {"name": "tries", "increment": -1}),
     ],
 )
 def test_readable_wait_and_limit_settings_save(setup, operator, kind, config):
