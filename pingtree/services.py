@@ -1023,7 +1023,7 @@ class _Driver:
         for cand in eligible:
             if cand.offer.integration_id in capable:
                 started = time.monotonic()
-                call, future, variables = self._ping_submit(cand.offer, until)
+                call, future, variables = self._ping_submit(cand.offer, until, defer_log=True)
                 pinged.append((cand, call, future, started, variables))
             else:
                 cand.value = self._expected_value(cand.offer, None)
@@ -1057,8 +1057,12 @@ class _Driver:
             # The best bid is posted next with no cap to reserve: it is written in
             # flight (posted) with the answers, one statement less before its post.
             first.result.stage = ResultStage.POSTED
-        # Every answer in one statement, before anything is posted.
-        self._pings_write([cand.result for cand, *_ in pinged])
+        # Every answer, and the log rows of the calls, in one statement, before anything
+        # is posted.
+        self._pings_write(
+            [cand.result for cand, *_ in pinged],
+            [cand.ping.log_entry if cand.ping else None for cand, *_ in pinged],
+        )
         self._post_ranked(
             [
                 c
@@ -1433,14 +1437,17 @@ class _Driver:
         return _outcome_of(fresh, ms)
 
     def _ping_submit(
-        self, offer: Offer, until: datetime, *, fresh: bool = False
+        self, offer: Offer, until: datetime, *, fresh: bool = False, defer_log: bool = False
     ) -> tuple[_PingCall, Future, dict[str, Any]]:
+        """Ping on the pool; ``defer_log`` (an auction's pings): a direct call's log row
+        is left to the driver, which writes it with the answers (_pings_write)."""
         seconds = min(_seconds_left(until), offer.timeout_seconds)
         call = _PingCall()
         variables = self._variables(offer)
         future = POOL.submit(
             call.job, offer.integration, self.lead, variables, seconds,
             self._direct(offer, "ping", fresh=fresh),
+            defer_log and connection.vendor == "postgresql",
         )  # fmt: skip
         return call, future, variables
 
@@ -1529,31 +1536,79 @@ class _Driver:
         cand.value = self._expected_value(cand.offer, bid)
         return True
 
-    def _pings_write(self, rows: list[OfferResult]) -> None:
+    def _pings_write(self, rows: list[OfferResult], entries: list[Any] | None = None) -> None:
         """Write the settled pings of these rows (as _ping_settle left them in memory) in
-        one statement."""
+        one statement, with ``entries``: their calls' deferred log rows (None where the
+        call wrote its own, or made none), each linked as its row's ping_log."""
         if not rows:
             return
+        entries = entries or [None] * len(rows)
         names = list(_PING_COLUMNS)
         if connection.vendor != "postgresql":
             for row in rows:
                 _results_set([row.pk], {name: getattr(row, name) for name in names})
             return
-        sql = _sql_texts.get("pings")
+        deferred = tuple(e is not None and e.pk is None for e in entries)
+        key = ("pings", deferred)
+        sql = _sql_texts.get(key)
         if sql is None:
             q = connection.ops.quote_name
             sets = ", ".join(f"{q(name)} = v.{q(name)}" for name in names)
-            arrays = ", ".join(f"%s::{kind}[]" for kind in _PING_COLUMNS.values())
-            sql = _sql_texts["pings"] = (
+            arrays = []
+            for name, kind in _PING_COLUMNS.items():
+                if name == "ping_log_id" and any(deferred):
+                    items = ", ".join(
+                        f"(SELECT id FROM l{i})" if d else "%s::bigint"  # noqa: S608
+                        for i, d in enumerate(deferred)
+                    )
+                    arrays.append(f"ARRAY[{items}]::bigint[]")
+                else:
+                    arrays.append(f"%s::{kind}[]")
+            update = (
                 f"UPDATE {q(OfferResult._meta.db_table)} AS r SET {sets} "  # noqa: S608
-                f"FROM unnest(%s::bigint[], {arrays}) AS v(id, {', '.join(names)}) "
+                f"FROM unnest(%s::bigint[], {', '.join(arrays)}) AS v(id, {', '.join(names)}) "
                 "WHERE r.id = v.id"
             )
-        params: list[Any] = [[row.pk for row in rows]]
+            if any(deferred):
+                logs = ", ".join(
+                    f"l{i} AS ({integration_services.log_insert_sql_text()})"
+                    for i, d in enumerate(deferred)
+                    if d
+                )
+                ids = ", ".join(
+                    f"(SELECT id FROM l{i})"  # noqa: S608
+                    for i, d in enumerate(deferred)
+                    if d
+                )
+                update = f"WITH {logs}, u AS ({update} RETURNING 1) SELECT {ids}"  # noqa: S608
+            sql = _sql_texts[key] = update
+        params: list[Any] = []
+        for entry, d in zip(entries, deferred, strict=True):
+            if d:
+                params += integration_services.log_insert_sql(entry)[1]
+        params.append([row.pk for row in rows])
         for name in names:
-            params.append([getattr(row, name) for row in rows])
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            if name == "ping_log_id" and any(deferred):
+                params += [row.ping_log_id for row, d in zip(rows, deferred, strict=True) if not d]
+            else:
+                params.append([getattr(row, name) for row in rows])
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                ids = cursor.fetchone() if any(deferred) else ()
+        except Exception:
+            # Every call is logged, whatever became of recording the answers.
+            for entry, d in zip(entries, deferred, strict=True):
+                if d:
+                    with contextlib.suppress(Exception):
+                        _log_write(entry)
+            raise
+        written = iter(ids)
+        for row, entry, d in zip(rows, entries, deferred, strict=True):
+            if d:
+                entry.pk = next(written)
+                entry._state.adding = False
+                row.ping_log_id = entry.pk
 
     def _expected_value(self, offer: Offer, bid: Decimal | None) -> Decimal:
         if offer.price_model == PriceModel.FIXED:

@@ -112,6 +112,34 @@ def test_auction_pings_in_parallel_posts_to_the_highest_bid(tree, buyers):
     assert '"p12"' in buyers.bodies["/post12"][0] and '"12.0000"' in buyers.bodies["/post12"][0]
 
 
+def test_every_call_of_an_auction_is_logged_and_linked_to_its_row(tree, buyers, call_path):
+    offers = [
+        tree.offer(f"Bidder {bid}", price_model="bid",
+                   ping=buyers.json(f"/ping{bid}", price=str(bid)),
+                   post=buyers.json(f"/post{bid}", id=f"B{bid}"))
+        for bid in (5, 12, 9)
+    ]  # fmt: skip
+    tree.tier("auction", *offers)
+    dist = distribute(tree.lead())
+    rows = results(dist)
+    assert rows["Bidder 12"].is_sold and rows["Bidder 12"].buyer_lead_id == "B12"
+    logs = RequestLog.objects.filter(lead_id=dist.lead_id)
+    assert logs.count() == 4  # three pings and the winner's post
+    for offer in offers:
+        row = rows[offer.name]
+        if call_path == "engine":
+            assert row.ping_run_id is not None and row.ping_log_id is None
+            continue
+        assert row.ping_run_id is None and row.ping_log is not None
+        assert row.ping_log.integration_id == offer.integration_id
+        assert row.ping_log.request_step.meaning == "ping" and row.ping_log.outcome == "accepted"
+    if call_path == "direct":
+        post = rows["Bidder 12"].post_log
+        assert post is not None and post.request_step.meaning == "post"
+        assert post.captured.get("buyer_lead_id") == "B12"
+        assert rows["Bidder 5"].post_log is None and rows["Bidder 9"].post_log is None
+
+
 def test_auction_falls_back_to_the_next_highest_bidder_when_the_post_is_rejected(tree, buyers):
     high = tree.offer("High", price_model="bid", ping=buyers.json("/ph", price="20"),
                       post=buyers.json("/xh", "rejected", reason="duplicate"))  # fmt: skip
