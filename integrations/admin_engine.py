@@ -433,7 +433,7 @@ class ScenarioIntegrationAdmin(IntegrationAdmin):
                 list(
                     Lead.objects.filter(workspace_id=obj.workspace_id)
                     .order_by("-id")
-                    .values_list("pcid", flat=True)[:20]
+                    .values_list("pcid", "is_test")[:20]
                 )
                 if can_run and starts
                 else []

@@ -593,7 +593,7 @@ def test_run_for_a_lead_sends_it_and_opens_the_run(setup, operator, buyer, lead)
     graph = Graph(setup, buyer.url_for("/leads"))
     url = change_url("integration", graph.integration.pk, "lead_run")
     page = operator.get(change_url("integration", graph.integration.pk)).content.decode()
-    assert 'id="lead-run-form"' in page and f'<option value="{lead.pcid}">' in page
+    assert 'id="lead-run-form"' in page and f'<option value="{lead.pcid}"></option>' in page
     assert operator.get(url).status_code == 404
 
     response = operator.post(url, {"pcid": f" {lead.pcid} ", "meaning": "post"}, follow=True)
@@ -625,6 +625,13 @@ def test_run_for_a_lead_refuses_another_workspaces_lead_and_unknown_ids(
     # Positive control: the workspace's own lead runs.
     assert operator.post(url, {"pcid": lead.pcid}).status_code == 302
     assert ScenarioRun.objects.get().lead_id == lead.pk
+
+
+def test_run_for_a_lead_marks_test_leads_among_the_latest(setup, operator, lead):
+    graph = Graph(setup, "https://93.184.216.34/x")
+    Lead.objects.filter(pk=lead.pk).update(is_test=True)
+    page = operator.get(change_url("integration", graph.integration.pk)).content.decode()
+    assert f'<option value="{lead.pcid}">test lead</option>' in page
 
 
 @pytest.mark.parametrize(
