@@ -67,7 +67,10 @@ def test_worker_killed_mid_tree_the_lead_still_gets_one_outcome(lead_setup, buye
     assert dist.status == "unsold" and "deadline" in dist.reason
     rows = {r.offer.name: r for r in OfferResult.objects.filter(distribution=dist)}
     assert rows["Slow"].status == "error" and "lost mid-post" in rows["Slow"].reason
-    assert rows["Slow"].post_run.status == "cancelled"
+    # The buyer's integration is the default scenario: called directly, not through a
+    # run; the killed worker wrote no answer and no log for its post (the buyer got it
+    # once, counted below), and the successor did not post again.
+    assert rows["Slow"].post_run is None and rows["Slow"].post_log is None
     assert rows["Backup"].status == "skipped"
     # one outcome, whatever else the sweepers do afterwards
     for _ in range(4):
