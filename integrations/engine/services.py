@@ -549,6 +549,7 @@ def _tool_effect(step: RunStep, run: ScenarioRun) -> Effect:
         OverrideConfigError,
         TypeError,
         ValueError,
+        OverflowError,  # a wait or a date past what datetime holds
     ) as exc:
         effect.outcome = {"kind": "error", "reason": f"{element.name}: {exc}", "captured": {}}
         effect.failed = True

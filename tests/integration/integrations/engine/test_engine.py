@@ -299,12 +299,20 @@ def test_each_wait_mode_schedules_the_next_step(sc, lead, config, now, due):
     assert RunStep.objects.get(run=run, element=after).due_at == due
 
 
-def test_bad_wait_settings_fail_the_run(sc, lead):
-    wait = sc.element(Kind.WAIT, config={"mode": "weekday", "weekday": 12})
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({"mode": "weekday", "weekday": 12}, "weekday"),
+        # Made in code (the admin refuses it on save): past the last date Python knows.
+        ({"mode": "delay", "seconds": 1e20}, "too large"),
+    ],
+)
+def test_bad_wait_settings_fail_the_run(sc, lead, config, said):
+    wait = sc.element(Kind.WAIT, config=config)
     sc.link(sc.start, wait)
     run = sc.run(lead)
     assert run.status == ScenarioRun.Status.FAILED
-    assert "weekday" in run.reason
+    assert said in run.reason
 
 
 # --- the polling pattern ------------------------------------------------------------------
