@@ -16,6 +16,7 @@ How a step runs exactly once:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Q
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -995,7 +996,7 @@ def _execute_claimed(
     entry = holder.get("log")
     if effect is not None and _is_plain(effect):
         variables = {**run.variables, **effect.variables}
-        outgoing = graph.outgoing.get(element.pk, ())
+        outgoing = graph.outgoing.get(element.id, ())
         context: dict[str, Any] = {}
         if any(connection_.conditions for connection_ in outgoing):
             # The request's own context plus what it set (variables are its last layer):
@@ -1039,8 +1040,8 @@ def _step_in_hand(claim: _Claim, run: ScenarioRun, element: Element, now: dateti
     step.__dict__.update(
         id=claim.id,
         workspace_id=run.workspace_id,
-        run_id=run.pk,
-        element_id=element.pk,
+        run_id=run.id,
+        element_id=element.id,
         status=StepStatus.RUNNING,
         attempt=claim.attempt,
         input=claim.input,
@@ -1093,7 +1094,8 @@ def _done_set(own: bool) -> str:
 
 def _own_transaction() -> bool:
     """A statement run now is its own transaction (autocommit, no atomic block)."""
-    return connection.get_autocommit() and not connection.in_atomic_block
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper, looked up once
+    return db.get_autocommit() and not db.in_atomic_block
 
 
 def _statement(key: Any, with_log: bool, ctes: list[str], columns: list[str]) -> str:
@@ -1127,11 +1129,12 @@ def _record_params(
     rest.update(extra)
     output = f'{{"outcome": {outcome}' + (f", {json.dumps(rest)[1:]}" if rest else "}")
     params += [
-        output, now, int((time.monotonic() - started) * 1000), step.pk, step.attempt,
+        output, now, int((time.monotonic() - started) * 1000), step.id, step.attempt,
     ]  # fmt: skip
     return params, now, outcome
 
 
+@functools.cache
 def _record_fast_sql(kids: int, with_log: bool, own: bool) -> str:
     step_t, run_t = _tables()
     ctes = [
@@ -1179,9 +1182,9 @@ def _record_fast(
     kid_input = {"outcome": effect.outcome}
     kid_input_json = f'{{"outcome": {outcome}}}'
     params += [
-        run.pk,
-        json.dumps(effect.variables), outcome if is_answer else None, run.pk,
-        run.workspace_id, run.pk, now, now, now,
+        run.id,
+        json.dumps(effect.variables), outcome if is_answer else None, run.id,
+        run.workspace_id, run.id, now, now, now,
     ]  # fmt: skip
     for element in next_elements:
         acting = graph.acting(element)
@@ -1191,7 +1194,7 @@ def _record_fast(
             claimed_at = now + timedelta(seconds=acting.request_step.timeout_seconds)
         # The flag stays in memory: a step handed out again after this driver died is
         # claimed afresh and must move its lease itself.
-        params += [element.pk, kid_input_json, claimed_at]
+        params += [element.id, kid_input_json, claimed_at]
     params += [run.integration_id, run.integration_id]
     sql = _record_fast_sql(len(next_elements), entry is not None, _own_transaction())
     done, log_id, kid_ids, kid_elements, status, version = step_cache.fetch_one(sql, params)
@@ -1215,6 +1218,7 @@ def _record_fast(
     return claims, ((status, version) if status is not None else None)
 
 
+@functools.cache
 def _record_end_fast_sql(with_log: bool, own: bool) -> str:
     step_t, run_t = _tables()
     ctes = [f"done AS (UPDATE {step_t} {_done_set(own)} RETURNING id)"]  # noqa: S608
@@ -1258,9 +1262,9 @@ def _record_end_fast(
     else:
         final_status, final_reason = RunStatus.SUCCEEDED, None
     params += [
-        run.pk, step.pk,
+        run.id, step.id,
         json.dumps(effect.variables), outcome if is_answer else None,
-        str(final_status), now, final_reason, (final_reason or "")[:500], now, run.pk,
+        str(final_status), now, final_reason, (final_reason or "")[:500], now, run.id,
     ]  # fmt: skip
     # A linear scenario has no other branch: the statement alone is the transaction.
     # Its own transaction either way when the caller has none (the lock's atomic block
