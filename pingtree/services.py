@@ -343,16 +343,26 @@ class CallOutcome:
         return ResultStatus.ERROR
 
 
+# What a buyer's run may wait on while it holds the lead (run.result["waiting"], set by
+# the engine): a webhook step waiting for the buyer's callback, or a wait before asking
+# the buyer again (the polling pattern, docs/scenarios.md). The reason shown meanwhile.
+_HOLDING_WAITS = {
+    "webhook": "waiting for the buyer's callback",
+    "wait": "waiting to ask the buyer again",
+}
+
+
 def _outcome_of(run: ScenarioRun, ms: int) -> CallOutcome:
     result = run.result or {}
     kind = str(result.get("kind") or "")
     reason = str(result.get("reason") or "")
     captured = dict(result.get("captured") or {})
     variables = dict(run.variables or {})
-    if run.status == RunStatus.WAITING and result.get("waiting") == "webhook":
+    waiting = result.get("waiting")
+    if run.status == RunStatus.WAITING and waiting in _HOLDING_WAITS:
         if result.get("blocking"):
             return CallOutcome(
-                "pending", reason or "waiting for the buyer's callback", captured, variables,
+                "pending", reason or _HOLDING_WAITS[waiting], captured, variables,
                 ms, blocking=True,
             )  # fmt: skip
         return CallOutcome(kind or "pending", reason, captured, variables, ms)
@@ -1423,7 +1433,7 @@ class _Driver:
             fresh = future.result()  # the run as its driver left it: no query
         else:
             fresh = ScenarioRun.objects.get(pk=run.pk)
-        parked_on_webhook = (fresh.result or {}).get("waiting") == "webhook"
+        parked_on_webhook = (fresh.result or {}).get("waiting") in _HOLDING_WAITS
         if not future.done() or (
             fresh.status in (RunStatus.RUNNING, RunStatus.WAITING) and not parked_on_webhook
         ):

@@ -626,6 +626,11 @@ def _record(step: RunStep, run: ScenarioRun, effect: Effect, started: float) -> 
         return []
     due_at = effect.due_at or now
     due_now = due_at <= now
+    if not due_now and next_elements and not effect.failed:
+        # A wait (a buyer polled again later): the run holds for a while. Whoever holds
+        # a lead for this run (a ping tree) waits for it as for a buyer's callback; the
+        # next request's answer replaces the marker.
+        run.result = {**(run.result or {}), "waiting": "wait", "blocking": True}
     RunStep.objects.bulk_create(
         [
             RunStep(

@@ -9,6 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.db import connection
 from django.utils import timezone
 
@@ -319,3 +320,49 @@ def test_time_spent_waiting_for_a_callback_does_not_count_against_the_deadline(
     )
     dist.refresh_from_db()
     assert dist.status == "sold" and buyers.total("/backup") == 1
+
+
+def test_a_buyer_polled_after_a_wait_holds_the_lead_then_sells_it(tree, buyers):
+    """The polling pattern inside a ping tree: the buyer answers pending, the scenario
+    waits 30 s and asks again; the tree holds the lead meanwhile (the backup is not
+    asked) and sells it when the buyer accepts."""
+    answers = iter(["pending", "accepted"])
+    polls = tree.offer(
+        "Polls", post=buyers.json("/poll", lambda request: next(answers, "accepted"))
+    )
+    integration = polls.integration
+    post_request = Element.objects.get(
+        integration=integration, kind="request", request_step__meaning="post"
+    )
+    ws = integration.workspace
+
+    def element(kind: str, name: str, **config: object) -> Element:
+        return Element.objects.create(
+            workspace=ws, integration=integration, kind=kind, name=name, config=config
+        )
+
+    wait = element("wait", "wait 30 s", mode="delay", seconds=30)
+    repeater = element("repeater", "again")
+    pending = [{"source": "outcome", "operator": "equals", "value": "pending"}]
+    for a, b, conditions in ((post_request, wait, pending), (wait, repeater, []),
+                             (repeater, post_request, [])):  # fmt: skip
+        Connection.objects.create(
+            workspace=ws, integration=integration, from_element=a, to_element=b,
+            conditions=conditions,
+        )  # fmt: skip
+    backup = tree.offer("Backup", post=buyers.json("/backup"))
+    tree.tier("waterfall", polls, backup)
+    dist = distribute(tree.lead())
+    assert dist.status == "waiting"
+    row = OfferResult.objects.get(distribution=dist, offer=polls)
+    assert (row.status, row.post_status) == ("pending", "pending")
+    assert "ask the buyer again" in row.reason
+    assert buyers.total("/poll") == 1 and buyers.total("/backup") == 0
+    # 30 s later the sweeper wakes the wait; the buyer is asked again and accepts.
+    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+        engine.engine_sweep()
+    dist.refresh_from_db()
+    assert dist.status == "sold"
+    rows = {r.offer.name: r for r in OfferResult.objects.filter(distribution=dist)}
+    assert rows["Polls"].is_sold and "Backup" not in rows
+    assert buyers.total("/poll") == 2 and buyers.total("/backup") == 0
