@@ -266,6 +266,14 @@ def log_insert_sql_text() -> str:
     return _log_insert_sql
 
 
+# A one-row subquery that turns synchronous_commit off until the end of the current
+# transaction (set_config(..., true) is SET LOCAL). A statement that is its own
+# transaction selects from it, and so commits without waiting for the WAL flush:
+# request log rows (here), the engine's step records, a callback's raw request. What
+# that trades: docs/deployment.md, "Durability".
+NO_FLUSH_SOURCE = "(SELECT set_config('synchronous_commit', 'off', true))"
+
+
 def _log_insert_own_sql_text() -> str:
     """log_insert_sql_text for a row that is its own transaction: the same INSERT, its
     values selected from a one-row subquery that turns ``synchronous_commit`` off until
@@ -273,7 +281,7 @@ def _log_insert_own_sql_text() -> str:
     global _log_insert_own_sql
     if _log_insert_own_sql is None:
         _log_insert_own_sql = _insert_text(
-            "SELECT {values} FROM (SELECT set_config('synchronous_commit', 'off', true)) AS c"
+            "SELECT {values} FROM " + NO_FLUSH_SOURCE + " AS c"  # noqa: S608 - constants
         )
     return _log_insert_own_sql
 

@@ -42,6 +42,7 @@ from integrations.engine import services as engine
 from integrations.engine.registry import Effect, StepCall
 from integrations.models import Integration, RunStep, ScenarioRun
 from integrations.outbound import is_sensitive_header
+from integrations.services import NO_FLUSH_SOURCE
 from structures.models import Advertiser, Lead, Workspace
 from webhooks import publish, signing
 from webhooks.models import InboundWebhookRequest, WaitingWebhook, WebhookEndpoint
@@ -495,7 +496,7 @@ _INBOUND_INSERT = (
 # one fsync wait per callback (bench-callbacks).
 _INBOUND_INSERT_ASYNC = (
     f"{_INBOUND_COLUMNS} SELECT {_INBOUND_VALUES} "  # noqa: S608 - constants, values bound
-    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit "
+    f"FROM {NO_FLUSH_SOURCE} AS async_commit "
     f"{_INBOUND_GUARD} {_INBOUND_CONFLICT}"
 )
 

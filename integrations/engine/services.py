@@ -262,11 +262,9 @@ def _run_insert(
     )
 
 
+@functools.cache
 def _run_insert_sql(starts: int, kids: int, own: bool) -> str:
     """_run_insert's statement, built once per process and shape."""
-    key = ("run_insert", starts, kids, own)
-    if (sql := _sql_cache.get(key)) is not None:
-        return sql
     q = connection.ops.quote_name
     step_t, run_t = _tables()
     columns = ", ".join(q(f.column) for f in _RUN_FIELDS)
@@ -274,12 +272,11 @@ def _run_insert_sql(starts: int, kids: int, own: bool) -> str:
     start_values = ", ".join(["(%s::bigint, %s::jsonb, %s::jsonb)"] * starts)
     kid_values = ", ".join(["(%s::bigint, %s::bigint, %s::timestamptz)"] * kids)
     source = (
-        f"SELECT {placeholders} FROM (SELECT set_config('synchronous_commit', 'off', true)) "  # noqa: S608
-        "AS own"
+        f"SELECT {placeholders} FROM {services.NO_FLUSH_SOURCE} AS own"  # noqa: S608
         if own
         else f"VALUES ({placeholders})"
     )
-    sql = _sql_cache[key] = (
+    return (
         f"WITH r AS (INSERT INTO {run_t} ({columns}) {source} RETURNING id), "  # noqa: S608
         f"s AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, status, due_at, "
         "attempt, input, output, started_at, finished_at, duration_ms) "
@@ -297,7 +294,6 @@ def _run_insert_sql(starts: int, kids: int, own: bool) -> str:
         "SELECT (SELECT id FROM r), (SELECT array_agg(id ORDER BY id) FROM k), "
         "(SELECT array_agg(element_id ORDER BY id) FROM k)"
     )
-    return sql
 
 
 def _lease_start(element: Element, now: Any) -> Any:
@@ -871,9 +867,6 @@ class _Claim:
     input: dict[str, Any]
 
 
-_sql_cache: dict[Any, str] = {}
-
-
 def _tables() -> tuple[str, str]:
     q = connection.ops.quote_name
     return q(RunStep._meta.db_table), q(ScenarioRun._meta.db_table)
@@ -883,29 +876,31 @@ def _json_value(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, (str, bytes)) else dict(value or {})
 
 
+@functools.cache
+def _claim_due_sql() -> str:
+    step_t, _run_t = _tables()
+    q = connection.ops.quote_name
+    element_t = q(Element._meta.db_table)
+    request_t = q(RequestStep._meta.db_table)
+    # A request's lease starts where its deadline ends (claimed_at moved forward by its
+    # timeout), as _request_effect does on the task path, in the same statement.
+    return (
+        f"UPDATE {step_t} AS s SET status = 'running', started_at = %s, "  # noqa: S608
+        "claimed_at = %s + make_interval(secs => COALESCE(("
+        f"SELECT COALESCE(r.timeout_seconds, mr.timeout_seconds) FROM {element_t} e "
+        f"LEFT JOIN {request_t} r ON r.id = e.request_step_id "
+        f"LEFT JOIN {element_t} m ON m.id = e.mirror_of_id "
+        f"LEFT JOIN {request_t} mr ON mr.id = m.request_step_id "
+        "WHERE e.id = s.element_id), 0)) "
+        "WHERE s.run_id = %s AND s.status = 'pending' AND s.due_at <= %s "
+        "RETURNING s.id, s.element_id, s.attempt, s.input"
+    )
+
+
 def _claim_due(run_id: int) -> list[_Claim]:
-    sql = _sql_cache.get("claim")
-    if sql is None:
-        step_t, _run_t = _tables()
-        q = connection.ops.quote_name
-        element_t = q(Element._meta.db_table)
-        request_t = q(RequestStep._meta.db_table)
-        # A request's lease starts where its deadline ends (claimed_at moved forward by
-        # its timeout), as _request_effect does on the task path, in the same statement.
-        sql = _sql_cache["claim"] = (
-            f"UPDATE {step_t} AS s SET status = 'running', started_at = %s, "  # noqa: S608
-            "claimed_at = %s + make_interval(secs => COALESCE(("
-            f"SELECT COALESCE(r.timeout_seconds, mr.timeout_seconds) FROM {element_t} e "
-            f"LEFT JOIN {request_t} r ON r.id = e.request_step_id "
-            f"LEFT JOIN {element_t} m ON m.id = e.mirror_of_id "
-            f"LEFT JOIN {request_t} mr ON mr.id = m.request_step_id "
-            "WHERE e.id = s.element_id), 0)) "
-            "WHERE s.run_id = %s AND s.status = 'pending' AND s.due_at <= %s "
-            "RETURNING s.id, s.element_id, s.attempt, s.input"
-        )
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [now, now, run_id, now])
+        cursor.execute(_claim_due_sql(), [now, now, run_id, now])
         rows = cursor.fetchall()
     return sorted(
         (
@@ -1088,9 +1083,7 @@ _DONE_SET = (
 # them durable first). Taken back, a step is running again with its lease and the
 # sweeper re-drives it: its request may be sent again (at least once, as after a worker
 # killed mid-step), nothing is lost. docs/deployment.md says the trade-off.
-_DONE_SET_OWN = _DONE_SET.replace(
-    " WHERE ", " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS own WHERE ", 1
-)
+_DONE_SET_OWN = _DONE_SET.replace(" WHERE ", f" FROM {services.NO_FLUSH_SOURCE} AS own WHERE ", 1)
 
 
 def _done_set(own: bool) -> str:
@@ -1103,17 +1096,12 @@ def _own_transaction() -> bool:
     return db.get_autocommit() and not db.in_atomic_block
 
 
-def _statement(key: Any, with_log: bool, ctes: list[str], columns: list[str]) -> str:
-    """``WITH [lg: the call's log row,] <ctes> SELECT <done count>, <log id>, <columns>``,
-    built once per process and shape."""
-    sql = _sql_cache.get(key)
-    if sql is None:
-        parts = [f"lg AS ({services.log_insert_sql_text()})"] if with_log else []
-        head = ["(SELECT count(*) FROM done)", "(SELECT id FROM lg)" if with_log else "NULL"]
-        sql = _sql_cache[key] = (
-            "WITH " + ", ".join(parts + ctes) + " SELECT " + ", ".join(head + columns)
-        )
-    return sql
+def _statement(with_log: bool, ctes: list[str], columns: list[str]) -> str:
+    """``WITH [lg: the call's log row,] <ctes> SELECT <done count>, <log id>, <columns>``
+    (its callers are cached per process and shape)."""
+    parts = [f"lg AS ({services.log_insert_sql_text()})"] if with_log else []
+    head = ["(SELECT count(*) FROM done)", "(SELECT id FROM lg)" if with_log else "NULL"]
+    return "WITH " + ", ".join(parts + ctes) + " SELECT " + ", ".join(head + columns)
 
 
 def _record_params(
@@ -1170,7 +1158,7 @@ def _record_fast_sql(kids: int, with_log: bool, own: bool) -> str:
         f"(SELECT status FROM {integration_t} WHERE id = %s)",  # noqa: S608
         f"(SELECT config_version FROM {integration_t} WHERE id = %s)",  # noqa: S608
     ]
-    return _statement(("record", kids, with_log, own), with_log, ctes, columns)
+    return _statement(with_log, ctes, columns)
 
 
 def _record_fast(
@@ -1248,7 +1236,7 @@ def _record_end_fast_sql(with_log: bool, own: bool) -> str:
     )
     columns = ["(SELECT status FROM upd)", "(SELECT reason FROM upd)"]
     columns.append("(SELECT finished_at FROM upd)")
-    return _statement(("end", with_log, own), with_log, ctes, columns)
+    return _statement(with_log, ctes, columns)
 
 
 def _record_end_fast(
