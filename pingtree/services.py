@@ -1778,7 +1778,7 @@ class _Driver:
         redirect = str(outcome.captured.get("redirect_url") or row.redirect_url or "")[:2000]
         buyer_lead_id = str(outcome.captured.get("buyer_lead_id") or row.buyer_lead_id or "")
         counted = Decimal("0") if self.lead.is_test else price
-        reason = outcome.reason or "accepted"
+        reason = (outcome.reason or "accepted")[:500]  # the column's length
         if connection.vendor == "postgresql" and (
             self.lead.is_test or not any(c.is_active for c in offer.caps.all())
         ):

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from integrations.models import RequestLog
+from integrations.models import RequestLog, ResponseRule
 from pingtree import services
 from pingtree.models import CapCounter, Distribution, Offer, OfferResult
 from structures.models import LeadEvent
@@ -485,3 +485,19 @@ def test_offer_filters_are_validated_on_clean(tree, buyers):
         offer.full_clean()
     assert "filters" in exc.value.message_dict
     assert Offer.objects.get(pk=offer.pk).filters == {}
+
+
+def test_a_long_reason_on_an_accepted_answer_is_cut_not_an_error(tree, buyers, call_path):
+    """A rule's reason is a template: rendered longer than the column, the sale still
+    goes through with the reason cut (the one-statement sale included)."""
+    offer = tree.offer("Verbose", post=buyers.json("/verbose"))
+    for rule in ResponseRule.objects.filter(request__integration=offer.integration,
+                                            outcome="accepted"):  # fmt: skip
+        rule.reason = "{{PCID}}" * 18  # 18 x 32 characters
+        rule.save()  # through the model: the step cache sees the change
+    tree.tier("waterfall", offer)
+    lead = tree.lead()
+    dist = distribute(lead)
+    assert dist.status == "sold"
+    row = OfferResult.objects.get(distribution=dist, offer=offer)
+    assert row.reason == (lead.pcid * 18)[:500]
