@@ -468,9 +468,8 @@ class ScenarioIntegrationAdmin(IntegrationAdmin):
 
     def _default_build(self, request: HttpRequest, obj: Integration) -> None:
         """An integration without elements gets its default scenario now, as its first
-        real run would (run_start would build it too; here the operator is told)."""
-        if obj.elements.exists():
-            return
+        real run would (run_start would build it too; here the operator is told). The
+        build itself does nothing (0) when the integration has elements."""
         made = scenario_default_build(integration=obj)
         if made:
             self.message_user(
@@ -683,13 +682,12 @@ class ScenarioRunAdmin(ScopedAdmin):
                 query += f"&lead__id__exact={run.lead_id}"
             else:
                 query += "&was_sent__exact=0"
+            may_replay = self._may_replay(request, run)
             extra_context.update(
                 timeline=run_timeline(run),
                 logs_url=logs_url + query,
-                may_replay=self._may_replay(request, run),
-                may_cancel=(
-                    run.status not in ScenarioRun.FINISHED and self._may_replay(request, run)
-                ),
+                may_replay=may_replay,
+                may_cancel=may_replay and run.status not in ScenarioRun.FINISHED,
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -709,12 +707,18 @@ class ScenarioRunAdmin(ScopedAdmin):
             *super().get_urls(),
         ]
 
-    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def _run_for_post(self, request: HttpRequest, object_id: str) -> ScenarioRun:
+        """The run a replay or cancel button posts for: a POST by an operator who may
+        change its integration."""
         if request.method != "POST":
             raise Http404
         run = self.get_object(request, object_id)
         if run is None or not self._may_replay(request, run):
             raise Http404
+        return run
+
+    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        run = self._run_for_post(request, object_id)
         try:
             new = run_replay(run=run)
         except EngineError as exc:
@@ -730,11 +734,7 @@ class ScenarioRunAdmin(ScopedAdmin):
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Stop a running or waiting run (a poll nobody needs any more, a dry run left
         waiting): its pending steps are skipped; a finished run is left as it is."""
-        if request.method != "POST":
-            raise Http404
-        run = self.get_object(request, object_id)
-        if run is None or not self._may_replay(request, run):
-            raise Http404
+        run = self._run_for_post(request, object_id)
         run = run_cancel(run_id=run.pk, reason=f"cancelled by {request.user}")
         if run.status == ScenarioRun.Status.CANCELLED:
             self.message_user(

@@ -106,9 +106,7 @@ def wait_until(
                 raise WaitConfigError(f"the variable {name!r} holds no date and time: {raw!r}")
         return max(anchor + timedelta(seconds=_seconds(config)), now)
     if mode == "until":
-        at = parse_datetime(str(config.get("at") or ""))
-        if at is None:
-            raise WaitConfigError(f"not a date and time: {config.get('at')!r}")
+        at = _until_at(config)
         if at.tzinfo is None:  # an operator's wall-clock time, in the workspace's zone
             at = at.replace(tzinfo=tz)
         return max(at, now)
@@ -167,14 +165,7 @@ def wait_config_check(config: Mapping[str, Any]) -> None:
             )
         checks.append(("seconds", lambda: _seconds(config)))
     elif mode == "until":
-        try:
-            at = parse_datetime(str(config.get("at") or ""))
-        except ValueError:  # well formed, not a date: "2026-13-45 08:00"
-            at = None
-        if at is None:
-            raise WaitConfigError(
-                f'at: not a date and time: {config.get("at")!r} (e.g. "2026-03-04 08:00")'
-            )
+        _named("at", lambda: _until_at(config))
     elif mode == "within_hours":
         opens = _named("from_hour", lambda: _hour(config.get("from_hour"), 9))
         closes = _named("to_hour", lambda: _hour(config.get("to_hour"), 17))
@@ -200,6 +191,19 @@ def wait_config_check(config: Mapping[str, Any]) -> None:
         raise
     except (OverflowError, ValueError) as exc:  # e.g. seconds past the calendar's end
         raise WaitConfigError(f"seconds: out of range: {config.get('seconds')!r}") from exc
+
+
+def _until_at(config: Mapping[str, Any]) -> datetime:
+    """An until wait's moment, as written (naive: the workspace's wall clock)."""
+    try:
+        at = parse_datetime(str(config.get("at") or ""))
+    except ValueError:  # well formed, not a date: "2026-13-45 08:00"
+        at = None
+    if at is None:
+        raise WaitConfigError(
+            f'not a date and time: {config.get("at")!r} (e.g. "2026-03-04 08:00")'
+        )
+    return at
 
 
 def _named(name: str, check: Any) -> Any:
