@@ -414,21 +414,43 @@ _PING_COLUMNS = {
 _sql_texts: dict[Any, str] = {}
 
 
+def _no_flush() -> bool:
+    """The next statement is its own transaction (autocommit, no atomic block around it):
+    a result row's write then commits without waiting for the WAL flush
+    (``integrations.services.NO_FLUSH_SOURCE``), as a request's log row and a scenario
+    step's record do. A result row says where the offer stands, not what anyone was told:
+    PostgreSQL itself crashing within ~3 x wal_writer_delay could take back the last
+    ones, and only with everything committed after them; the sale, the caps and the
+    decision to the partner commit synchronously, and their flush makes every earlier
+    row durable first. Taken back, the offer is asked again when the distribution is
+    re-driven (at least once, as after a worker killed mid-call)."""
+    return connection.get_autocommit() and not connection.in_atomic_block
+
+
+_OWN = f"{integration_services.NO_FLUSH_SOURCE} AS own"
+
+
 def _results_insert(rows: list[OfferResult]) -> None:
     """INSERT the rows in one statement, their ids set. IntegrityError as the ORM's."""
     if connection.vendor != "postgresql":
         OfferResult.objects.bulk_create(rows)
         return
-    key = ("insert", len(rows))
+    # One row may commit without the flush; several keep VALUES, whose RETURNING order
+    # is the rows' order (a join with the one-row source would not promise it).
+    own = len(rows) == 1 and _no_flush()
+    key = ("insert", len(rows), own)
     sql = _sql_texts.get(key)
     if sql is None:
         q = connection.ops.quote_name
         columns = ", ".join(q(f.column) for f in _RESULT_FIELDS)
-        one = "(" + ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RESULT_FIELDS) + ")"
+        values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RESULT_FIELDS)
+        source = (
+            f"SELECT {values} FROM {_OWN}"  # noqa: S608 - constants
+            if own
+            else "VALUES " + ", ".join([f"({values})"] * len(rows))
+        )
         sql = _sql_texts[key] = (
-            f"INSERT INTO {q(OfferResult._meta.db_table)} ({columns}) VALUES "  # noqa: S608
-            + ", ".join([one] * len(rows))
-            + " RETURNING id"
+            f"INSERT INTO {q(OfferResult._meta.db_table)} ({columns}) {source} RETURNING id"  # noqa: S608
         )
     params: list[Any] = []
     for row in rows:
@@ -448,10 +470,11 @@ def _results_open(rows: list[OfferResult]) -> None:
     statement whose text does not depend on their number: the values they share once,
     the three that differ as arrays. Their ids set. PostgreSQL only."""
     first = rows[0]
-    sql = _sql_texts.get("open")
+    own = _no_flush()
+    sql = _sql_texts.get(("open", own))
     if sql is None:
         q = connection.ops.quote_name
-        sql = _sql_texts["open"] = (
+        sql = _sql_texts[("open", own)] = (
             f"INSERT INTO {q(OfferResult._meta.db_table)} (workspace_id, distribution_id, "  # noqa: S608
             "tier_id, stage, status, reason, is_test, ping_status, post_status, "
             "redirect_url, buyer_lead_id, reservations, is_sold, created_at, offer_id, "
@@ -459,7 +482,7 @@ def _results_open(rows: list[OfferResult]) -> None:
             "SELECT %s, %s, %s, %s, %s, '', %s, '', '', '', '', '[]'::jsonb, false, %s, "
             "v.offer_id, v.position, v.is_exclusive "
             "FROM unnest(%s::bigint[], %s::int[], %s::bool[]) AS v(offer_id, position, "
-            "is_exclusive) RETURNING id, offer_id"
+            f"is_exclusive){f' CROSS JOIN {_OWN}' if own else ''} RETURNING id, offer_id"
         )
     now = timezone.now()
     params = [
@@ -485,17 +508,19 @@ def _results_set(pks: list[int], values: dict[str, Any], *, log: Any = None) -> 
     if connection.vendor != "postgresql":
         return OfferResult.objects.filter(pk__in=pks).update(**values)
     fields = [OfferResult._meta.get_field(name) for name in values]
-    key = ("set", tuple(values), log is not None)
+    own = _no_flush()
+    key = ("set", tuple(values), log is not None, own)
     sql = _sql_texts.get(key)
     if sql is None:
         q = connection.ops.quote_name
         sets = ", ".join(f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in fields)
+        if log is not None:
+            sets += ", post_log_id = (SELECT id FROM lg)"
         update = (
             f"UPDATE {q(OfferResult._meta.db_table)} SET {sets} "  # noqa: S608
-            "WHERE id = ANY(%s::bigint[])"
+            f"{f'FROM {_OWN} ' if own else ''}WHERE id = ANY(%s::bigint[])"
         )
         if log is not None:
-            update = update.replace(" WHERE ", ", post_log_id = (SELECT id FROM lg) WHERE ", 1)
             update = (
                 f"WITH lg AS ({integration_services.log_insert_sql_text()}), "  # noqa: S608
                 f"u AS ({update} RETURNING 1) SELECT (SELECT id FROM lg)"
@@ -1559,7 +1584,8 @@ class _Driver:
                 _results_set([row.pk], {name: getattr(row, name) for name in names})
             return
         deferred = tuple(e is not None and e.pk is None for e in entries)
-        key = ("pings", deferred)
+        own = _no_flush()
+        key = ("pings", deferred, own)
         sql = _sql_texts.get(key)
         if sql is None:
             q = connection.ops.quote_name
@@ -1576,8 +1602,8 @@ class _Driver:
                     arrays.append(f"%s::{kind}[]")
             update = (
                 f"UPDATE {q(OfferResult._meta.db_table)} AS r SET {sets} "  # noqa: S608
-                f"FROM unnest(%s::bigint[], {', '.join(arrays)}) AS v(id, {', '.join(names)}) "
-                "WHERE r.id = v.id"
+                f"FROM unnest(%s::bigint[], {', '.join(arrays)}) AS v(id, {', '.join(names)})"
+                f"{f', {_OWN}' if own else ''} WHERE r.id = v.id"
             )
             if any(deferred):
                 logs = ", ".join(
