@@ -55,6 +55,13 @@ def graph_get(integration_id: int, *, version: int | None) -> Graph:
     return graph
 
 
+def graph_version(integration_id: int) -> int | None:
+    """The version this process last cached the integration's graph at (None: none
+    cached). A hint only: whoever uses it checks it against the database."""
+    entry = _graphs.get(integration_id)
+    return entry[0] if entry is not None else None
+
+
 def _build(integration_id: int) -> Graph:
     elements = {
         element.pk: element

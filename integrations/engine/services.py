@@ -34,7 +34,7 @@ from django.utils import timezone
 from integrations import services, step_cache, templating
 from integrations.context import lead_context
 from integrations.engine.conditions import conditions_hold
-from integrations.engine.graph import graph_get
+from integrations.engine.graph import graph_get, graph_version
 from integrations.engine.overrides import (
     OVERRIDES_KEY,
     OverrideConfigError,
@@ -124,13 +124,93 @@ def run_start(
     (run_drive): on PostgreSQL outside a transaction its first steps are written
     already claimed for it, which saves the driver's claim (a caller that then does not
     drive leaves them to the sweeper once their lease is over)."""
-    state = step_cache.integration_state(integration.pk)
-    graph = graph_get(integration.pk, version=state[1] if state else None)
-    if not graph.elements and scenario_default_build(integration=integration):
-        # The build bumped the version: read it again, or the driver would look for the
-        # new elements in the empty graph cached under the old one.
-        state = step_cache.integration_state(integration.pk)
-        graph = graph_get(integration.pk, version=state[1] if state else None)
+    postgresql = connection.vendor == "postgresql"
+    # On PostgreSQL the run's insert reads the integration's state itself and inserts
+    # only if its config_version is still the one of the graph this process has cached
+    # (checked in the database, never trusted); otherwise it is read here first.
+    version = graph_version(integration.pk) if postgresql else None
+    state = None if version is not None else step_cache.integration_state(integration.pk)
+    if state is not None:
+        version = state[1]
+    for _attempt in range(5):
+        graph = graph_get(integration.pk, version=version)
+        plan = None
+        if graph.elements:
+            plan = _run_plan(integration, graph, lead, meaning, variables, dry_run, trigger,
+                             deadline_seconds)  # fmt: skip
+        if plan is None and state is None:
+            # The cached graph may be older than the integration: check before building a
+            # default scenario or refusing.
+            state = step_cache.integration_state(integration.pk)
+            if state is not None and state[1] != version:
+                version = state[1]
+                continue
+        if not graph.elements and scenario_default_build(integration=integration):
+            # The build bumped the version: read it again, or the driver would look for
+            # the new elements in the empty graph cached under the old one.
+            state = step_cache.integration_state(integration.pk)
+            version = state[1] if state else None
+            continue
+        if plan is None:
+            raise EngineError(
+                f"The integration {integration.name!r} has no {trigger} start for {meaning!r}."
+            )
+        run, start_steps, next_by_start, now = plan
+        if postgresql and version is not None and any(next_by_start):
+            claim = claim and not connection.in_atomic_block
+            inserted = _run_insert(
+                run, start_steps, next_by_start, now, claim=claim, graph=graph, version=version
+            )
+            if inserted is None:
+                raise EngineError(f"The integration {integration.name!r} no longer exists.")
+            if run.pk is None:  # changed since this process cached its graph: plan again
+                state, version = inserted, inserted[1]
+                continue
+            _just_started.state = inserted
+            log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk)
+            return run
+        if state is None:
+            state = step_cache.integration_state(integration.pk)
+            if state is not None and state[1] != version:
+                version = state[1]
+                continue
+        break
+    else:
+        raise EngineError(f"The integration {integration.name!r} kept changing; try again.")
+    with transaction.atomic():
+        run.save(force_insert=True)
+        for step in start_steps:
+            step.run = run
+        RunStep.objects.bulk_create(start_steps)
+        kids = [
+            RunStep(
+                workspace_id=integration.workspace_id, run=run, element=element,
+                parent_step=step, due_at=now, input={"outcome": dict(_EMPTY_OUTCOME)},
+            )
+            for step, next_elements in zip(start_steps, next_by_start, strict=True)
+            for element in next_elements
+        ]  # fmt: skip
+        RunStep.objects.bulk_create(kids)
+        if not kids:
+            _run_settle(run=run, last_outcome=_EMPTY_OUTCOME, now=now, failed=False)
+    log.info(
+        "engine.run_start", run_id=run.pk, integration_id=integration.pk, starts=len(start_steps)
+    )
+    return run
+
+
+def _run_plan(
+    integration: Integration,
+    graph: Any,
+    lead: Lead | None,
+    meaning: str,
+    variables: dict[str, Any] | None,
+    dry_run: bool,
+    trigger: str,
+    deadline_seconds: float | None,
+) -> tuple[ScenarioRun, list[RunStep], list[list[Element]], datetime] | None:
+    """The run, its matching starts (recorded done) and the elements each leads to, not
+    yet written; None when the graph has no matching start."""
     starts = sorted(
         (
             element
@@ -142,9 +222,7 @@ def run_start(
         key=lambda element: (element.position, element.pk),
     )
     if not starts:
-        raise EngineError(
-            f"The integration {integration.name!r} has no {trigger} start for {meaning!r}."
-        )
+        return None
     now = timezone.now()
     run = ScenarioRun(
         workspace_id=integration.workspace_id,
@@ -184,30 +262,7 @@ def run_start(
             )
         )  # fmt: skip
         next_by_start.append(next_elements)
-    if connection.vendor == "postgresql" and any(next_by_start):
-        claim = claim and not connection.in_atomic_block
-        _run_insert(run, start_steps, next_by_start, now, claim=claim, graph=graph)
-        _just_started.state = state
-        log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk)
-        return run
-    with transaction.atomic():
-        run.save(force_insert=True)
-        for step in start_steps:
-            step.run = run
-        RunStep.objects.bulk_create(start_steps)
-        kids = [
-            RunStep(
-                workspace_id=integration.workspace_id, run=run, element=element,
-                parent_step=step, due_at=now, input={"outcome": dict(_EMPTY_OUTCOME)},
-            )
-            for step, next_elements in zip(start_steps, next_by_start, strict=True)
-            for element in next_elements
-        ]  # fmt: skip
-        RunStep.objects.bulk_create(kids)
-        if not kids:
-            _run_settle(run=run, last_outcome=_EMPTY_OUTCOME, now=now, failed=False)
-    log.info("engine.run_start", run_id=run.pk, integration_id=integration.pk, starts=len(starts))
-    return run
+    return run, start_steps, next_by_start, now
 
 
 _RUN_FIELDS = [f for f in ScenarioRun._meta.concrete_fields if not f.primary_key]
@@ -225,16 +280,24 @@ def _run_insert(
     *,
     claim: bool,
     graph: Any,
-) -> None:
+    version: int,
+) -> tuple[str, int] | None:
     """PostgreSQL: the run, its starts (done) and the steps they lead to (due now), in
     one statement: one round trip and one commit for every run a partner waits on.
+
+    The same statement reads the integration's ``(status, config_version)`` (returned:
+    the state its first step's request uses, read as freshly as the read every request
+    makes) and inserts only while the version is still ``version``, the one ``graph``
+    was built at: when it has moved on, nothing is written and ``run.pk`` stays None
+    (the caller plans again at the returned version). None: the integration is gone.
 
     A run this thread drives at once (``claim``) commits without waiting for the WAL
     flush, as its steps' records do (see _DONE_SET_OWN): its caller is still there to
     see a failure and holds the work's own durable origin. A run left to the workers is
     the only record of its work: that commit waits for the disk."""
-    params: list[Any] = [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
-    params += [run.workspace_id, now, now, now]
+    params: list[Any] = [run.integration_id]
+    params += [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
+    params += [version, run.workspace_id, now, now, now]
     for step in start_steps:
         params += [step.element_id, json.dumps(step.output), json.dumps(step.input)]
     triples = [
@@ -248,7 +311,12 @@ def _run_insert(
         json.dumps({"outcome": _EMPTY_OUTCOME}), now if claim else None,
     ]  # fmt: skip
     sql = _run_insert_sql(len(start_steps), len(triples), claim and _own_transaction())
-    run.pk, kid_ids, kid_elements = step_cache.fetch_one(sql, params)
+    run_id, kid_ids, kid_elements, status, current = step_cache.fetch_one(sql, params)
+    if status is None:
+        return None
+    if run_id is None:
+        return status, current
+    run.pk = run_id
     run._state.adding = False
     run._state.db = connection.alias
     _just_started.run = run
@@ -260,6 +328,7 @@ def _run_insert(
         if claim
         else []
     )
+    return status, current
 
 
 @functools.cache
@@ -267,17 +336,17 @@ def _run_insert_sql(starts: int, kids: int, own: bool) -> str:
     """_run_insert's statement, built once per process and shape."""
     q = connection.ops.quote_name
     step_t, run_t = _tables()
+    integration_t = q(Integration._meta.db_table)
     columns = ", ".join(q(f.column) for f in _RUN_FIELDS)
     placeholders = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _RUN_FIELDS)
     start_values = ", ".join(["(%s::bigint, %s::jsonb, %s::jsonb)"] * starts)
     kid_values = ", ".join(["(%s::bigint, %s::bigint, %s::timestamptz)"] * kids)
-    source = (
-        f"SELECT {placeholders} FROM {services.NO_FLUSH_SOURCE} AS own"  # noqa: S608
-        if own
-        else f"VALUES ({placeholders})"
-    )
+    no_flush = f" CROSS JOIN {services.NO_FLUSH_SOURCE} AS own" if own else ""
     return (
-        f"WITH r AS (INSERT INTO {run_t} ({columns}) {source} RETURNING id), "  # noqa: S608
+        f"WITH st AS (SELECT status, config_version FROM {integration_t} "  # noqa: S608
+        "WHERE id = %s), "
+        f"r AS (INSERT INTO {run_t} ({columns}) SELECT {placeholders} "
+        f"FROM st{no_flush} WHERE st.config_version = %s RETURNING id), "
         f"s AS (INSERT INTO {step_t} (workspace_id, run_id, element_id, status, due_at, "
         "attempt, input, output, started_at, finished_at, duration_ms) "
         "SELECT %s, r.id, v.element_id, 'done', %s, 1, v.input, v.output, %s, %s, 0 "
@@ -292,7 +361,8 @@ def _run_insert_sql(starts: int, kids: int, own: bool) -> str:
         "FROM r CROSS JOIN s JOIN p ON p.start_element = s.element_id "
         "RETURNING id, element_id) "
         "SELECT (SELECT id FROM r), (SELECT array_agg(id ORDER BY id) FROM k), "
-        "(SELECT array_agg(element_id ORDER BY id) FROM k)"
+        "(SELECT array_agg(element_id ORDER BY id) FROM k), "
+        "(SELECT status FROM st), (SELECT config_version FROM st)"
     )
 
 

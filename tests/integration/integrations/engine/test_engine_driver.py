@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from werkzeug import Request, Response
@@ -25,6 +26,7 @@ from integrations.models import (
     ResponseCapture,
     ResponseRule,
     RunStep,
+    ScenarioRun,
 )
 from structures.models import Lead
 
@@ -81,10 +83,10 @@ def test_a_claimed_run_is_driven_in_one_statement_per_step(chain, httpserver):
     assert run.status == "succeeded"
     assert run.variables == {"s0": "ok", "s1": "ok", "s2": "ok"}
     assert run.result["kind"] == "accepted"
-    # run_start: the integration's state and one insert; then per request one statement
-    # recording it with its log, which also reads the state for the next request (the
-    # first reuses run_start's read).
-    assert len(captured.captured_queries) == 2 + 1 + 1 + 1
+    # run_start: one insert, which also reads the integration's state (for the first
+    # request) while checking the cached graph's version; then per request one
+    # statement recording it with its log, which also reads the state for the next one.
+    assert len(captured.captured_queries) == 1 + 1 + 1 + 1
     assert RequestLog.objects.filter(run_step__run=run).count() == 3
     steps = RunStep.objects.filter(run=run).order_by("id")
     assert [s.status for s in steps] == ["done"] * 4
@@ -113,6 +115,52 @@ def test_an_integration_disabled_mid_run_sends_nothing_more(chain, httpserver):
     assert len(httpserver.log) == 1  # r1 only: r2 and r3 saw the integration disabled
     logs = RequestLog.objects.filter(run_step__run=run).order_by("id")
     assert [log.was_sent for log in logs] == [True, False, False]
+
+
+def test_a_run_started_after_a_status_change_sees_it_at_its_first_step(chain, httpserver):
+    """run_start reads the state in its insert, not from memory: a status written
+    without a version bump (a plain UPDATE) still stops the very first request."""
+    integration, lead = chain
+    engine.run_drive(  # warm: this process has the graph cached at the current version
+        run_id=engine.run_start(integration=integration, lead=lead, claim=True).pk,
+        deadline_seconds=10,
+    )
+    sent_before = len(httpserver.log)
+    Integration.objects.filter(pk=integration.pk).update(status="disabled")
+    run = engine.run_start(integration=integration, lead=lead, claim=True)
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=10)
+    assert len(httpserver.log) == sent_before
+    logs = RequestLog.objects.filter(run_step__run=run).order_by("id")
+    assert [log.was_sent for log in logs] == [False, False, False]
+    assert "disabled" in logs[0].reason
+
+
+def test_a_run_started_after_the_scenario_changed_follows_the_new_graph(chain, httpserver):
+    """The graph this process cached is a hint checked by the run's insert: changed
+    since (here by a write that another process could have made: a plain UPDATE of the
+    connections and a version bump), the insert writes nothing and the run is planned
+    again at the new version."""
+    integration, lead = chain
+    engine.run_drive(
+        run_id=engine.run_start(integration=integration, lead=lead, claim=True).pk,
+        deadline_seconds=10,
+    )
+    r0, r1, r2 = (
+        Element.objects.get(integration=integration, name=name) for name in ("r0", "r1", "r2")
+    )
+    start = Element.objects.get(integration=integration, kind=Kind.START)
+    # start -> r2 directly (as an editor in another process would save it).
+    Connection.objects.filter(from_element=start).update(to_element=r2)
+    Integration.objects.filter(pk=integration.pk).update(config_version=F("config_version") + 1)
+    runs_before = ScenarioRun.objects.count()
+    run = engine.run_start(integration=integration, lead=lead, claim=True)
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=10)
+    assert ScenarioRun.objects.count() == runs_before + 1  # the refused insert left nothing
+    assert run.status == "succeeded"
+    assert run.variables == {"s2": "ok"}
+    steps = RunStep.objects.filter(run=run).order_by("id")
+    assert [s.element_id for s in steps] == [start.pk, r2.pk]
+    assert not RunStep.objects.filter(run=run, element__in=[r0, r1]).exists()
 
 
 def test_claimed_steps_nobody_drives_go_back_through_the_sweeper(chain, httpserver):
