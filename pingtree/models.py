@@ -488,8 +488,18 @@ class OfferResult(models.Model):
     workspace = models.ForeignKey(
         "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
     )
-    distribution = models.ForeignKey(Distribution, on_delete=models.CASCADE, related_name="results")
-    offer = models.ForeignKey(Offer, on_delete=models.CASCADE, related_name="results")
+    # Indexes: a result row is written on the path of every buyer call (opened, then
+    # updated once or twice), so it carries only the indexes something reads by.
+    # distribution and offer are the leading columns of offerresult_unique_offer and
+    # offerresult_offer_created, which serve their lookups; the calls' runs and logs are
+    # looked up only to unlink a deleted one, by partial indexes over the rows that
+    # have one (most rows have none of the four).
+    distribution = models.ForeignKey(
+        Distribution, on_delete=models.CASCADE, related_name="results", db_index=False
+    )
+    offer = models.ForeignKey(
+        Offer, on_delete=models.CASCADE, related_name="results", db_index=False
+    )
     tier = models.ForeignKey(
         Tier, on_delete=models.SET_NULL, null=True, blank=True, related_name="results"
     )
@@ -514,6 +524,7 @@ class OfferResult(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
         verbose_name="ping run",
     )
     post_status = models.CharField(
@@ -526,6 +537,7 @@ class OfferResult(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
         verbose_name="post run",
     )
     # A buyer whose integration is just a request per step meaning (the default scenario)
@@ -536,6 +548,7 @@ class OfferResult(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
         verbose_name="ping call",
         help_text="The ping's request log when it was called without a scenario run.",
     )
@@ -545,6 +558,7 @@ class OfferResult(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,
         verbose_name="post call",
         help_text="The post's request log when it was called without a scenario run.",
     )
@@ -581,6 +595,14 @@ class OfferResult(models.Model):
         indexes = [
             # Per-offer figures and the "already sent to this offer" history checks.
             models.Index(fields=["offer", "-created_at"], name="offerresult_offer_created"),
+            *(
+                models.Index(
+                    fields=[name],
+                    name=f"offerresult_{name}",
+                    condition=Q(**{f"{name}__isnull": False}),
+                )
+                for name in ("ping_run", "post_run", "ping_log", "post_log")
+            ),
         ]
 
     def __str__(self) -> str:
