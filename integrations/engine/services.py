@@ -179,15 +179,20 @@ def run_start(
         raise EngineError(f"The integration {integration.name!r} kept changing; try again.")
     with transaction.atomic():
         run.save(force_insert=True)
-        for step in start_steps:
-            step.run = run
-        RunStep.objects.bulk_create(start_steps)
+        steps = RunStep.objects.bulk_create(
+            RunStep(
+                workspace_id=integration.workspace_id, run=run, element=element, due_at=now,
+                status=StepStatus.DONE, started_at=now, finished_at=now, duration_ms=0,
+                output=output, input={"variables": run.variables},
+            )
+            for element, output in start_steps
+        )  # fmt: skip
         kids = [
             RunStep(
                 workspace_id=integration.workspace_id, run=run, element=element,
                 parent_step=step, due_at=now, input={"outcome": dict(_EMPTY_OUTCOME)},
             )
-            for step, next_elements in zip(start_steps, next_by_start, strict=True)
+            for step, next_elements in zip(steps, next_by_start, strict=True)
             for element in next_elements
         ]  # fmt: skip
         RunStep.objects.bulk_create(kids)
@@ -208,9 +213,10 @@ def _run_plan(
     dry_run: bool,
     trigger: str,
     deadline_seconds: float | None,
-) -> tuple[ScenarioRun, list[RunStep], list[list[Element]], datetime] | None:
-    """The run, its matching starts (recorded done) and the elements each leads to, not
-    yet written; None when the graph has no matching start."""
+) -> tuple[ScenarioRun, list[tuple[Element, dict[str, Any]]], list[list[Element]], datetime] | None:
+    """The run, its matching starts (each with its output: recorded done) and the
+    elements each leads to, not yet written; None when the graph has no matching
+    start."""
     starts = sorted(
         (
             element
@@ -238,7 +244,7 @@ def _run_plan(
     context: dict[str, Any] = {}
     if any(c.conditions for element in starts for c in graph.outgoing.get(element.pk, ())):
         context = lead_context(lead, variables=run.variables)
-    start_steps: list[RunStep] = []
+    start_steps: list[tuple[Element, dict[str, Any]]] = []
     next_by_start: list[list[Element]] = []
     for element in starts:
         next_elements = [
@@ -254,13 +260,7 @@ def _run_plan(
         output: dict[str, Any] = {"outcome": dict(_EMPTY_OUTCOME)}
         if not next_elements:
             output["ended"] = "no connection matched" if element.pk in graph.outgoing else "end"
-        start_steps.append(
-            RunStep(
-                workspace_id=integration.workspace_id, element=element, due_at=now,
-                status=StepStatus.DONE, started_at=now, finished_at=now, duration_ms=0,
-                output=output, input={"variables": run.variables},
-            )
-        )  # fmt: skip
+        start_steps.append((element, output))
         next_by_start.append(next_elements)
     return run, start_steps, next_by_start, now
 
@@ -274,7 +274,7 @@ _just_started = threading.local()
 
 def _run_insert(
     run: ScenarioRun,
-    start_steps: list[RunStep],
+    start_steps: list[tuple[Element, dict[str, Any]]],
     next_by_start: list[list[Element]],
     now: Any,
     *,
@@ -298,11 +298,12 @@ def _run_insert(
     params: list[Any] = [run.integration_id]
     params += [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
     params += [version, run.workspace_id, now, now, now]
-    for step in start_steps:
-        params += [step.element_id, json.dumps(step.output), json.dumps(step.input)]
+    start_input = json.dumps({"variables": run.variables})
+    for element, output in start_steps:
+        params += [element.pk, json.dumps(output), start_input]
     triples = [
-        (step.element_id, kid.pk, _lease_start(graph.acting(kid), now) if claim else None)
-        for step, kids in zip(start_steps, next_by_start, strict=True)
+        (element.pk, kid.pk, _lease_start(graph.acting(kid), now) if claim else None)
+        for (element, _output), kids in zip(start_steps, next_by_start, strict=True)
         for kid in kids
     ]
     params += [value for triple in triples for value in triple]
@@ -318,7 +319,7 @@ def _run_insert(
         return status, current
     run.pk = run_id
     run._state.adding = False
-    run._state.db = connection.alias
+    run._state.db = DEFAULT_DB_ALIAS
     _just_started.run = run
     _just_started.claims = (
         [
@@ -1120,7 +1121,7 @@ def _step_in_hand(claim: _Claim, run: ScenarioRun, element: Element, now: dateti
     )
     step._state = ModelState()
     step._state.adding = False
-    step._state.db = connection.alias
+    step._state.db = DEFAULT_DB_ALIAS  # `connection` is the default database's
     step._state.fields_cache = {"run": run, "element": element}
     return step
 
@@ -1221,14 +1222,16 @@ def _record_fast_sql(kids: int, with_log: bool, own: bool) -> str:
     # The integration's state for the next step (the read every request makes first,
     # step_cache.integration_state), taken by this statement instead of a round trip
     # of its own: the same freshness, a moment before the next call.
+    # One probe of the integration for both (a left join: a deleted one reads NULLs).
     integration_t = connection.ops.quote_name(Integration._meta.db_table)
     columns = [
         "(SELECT array_agg(id ORDER BY id) FROM kids)",
         "(SELECT array_agg(element_id ORDER BY id) FROM kids)",
-        f"(SELECT status FROM {integration_t} WHERE id = %s)",  # noqa: S608
-        f"(SELECT config_version FROM {integration_t} WHERE id = %s)",  # noqa: S608
+        "i.status",
+        "i.config_version",
     ]
-    return _statement(with_log, ctes, columns)
+    tail = f" FROM (VALUES (1)) AS one LEFT JOIN {integration_t} AS i ON i.id = %s"
+    return _statement(with_log, ctes, columns) + tail
 
 
 def _record_fast(
@@ -1258,7 +1261,7 @@ def _record_fast(
         # The flag stays in memory: a step handed out again after this driver died is
         # claimed afresh and must move its lease itself.
         params += [element.id, kid_input_json, claimed_at]
-    params += [run.integration_id, run.integration_id]
+    params.append(run.integration_id)
     sql = _record_fast_sql(len(next_elements), entry is not None, _own_transaction())
     done, log_id, kid_ids, kid_elements, status, version = step_cache.fetch_one(sql, params)
     if entry is not None:
