@@ -260,8 +260,10 @@ class ScenarioRun(models.Model):
         related_name="+",
         verbose_name="lead",
     )
+    # Indexed by run_status (Meta): one btree, without the varchar_pattern_ops twin
+    # db_index=True adds for LIKE, which no query of runs uses.
     status = models.CharField(
-        "status", max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True
+        "status", max_length=10, choices=Status.choices, default=Status.RUNNING
     )
     meaning = models.CharField(
         "step meaning", max_length=20, choices=Meaning.choices, default=Meaning.POST
@@ -300,6 +302,7 @@ class ScenarioRun(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name = "scenario run"
         indexes = [
+            models.Index(fields=["status"], name="run_status"),
             models.Index(fields=["integration", "-created_at"], name="run_integration_time"),
             # The sweeper's deadline scan: only live runs with a deadline are indexed.
             models.Index(
@@ -327,12 +330,17 @@ class RunStep(models.Model):
 
     # Not indexed: every step is written and rewritten on the hot path, and only a
     # workspace's deletion looks steps up by workspace (runs and steps are read by run).
+    # No database constraint either: it is the run's workspace (the run's own key holds
+    # it), and the check at every step's commit locked the workspace's row, shared by
+    # every run of the tenant (docs/benchmarks.md, bench-engine). Deleting a workspace
+    # still deletes its steps (Django's CASCADE, and through their runs).
     workspace = models.ForeignKey(
         "structures.Workspace",
         on_delete=models.CASCADE,
         related_name="+",
         verbose_name="workspace",
         db_index=False,
+        db_constraint=False,
     )
     run = models.ForeignKey(
         ScenarioRun, on_delete=models.CASCADE, related_name="steps", verbose_name="run"
@@ -342,6 +350,9 @@ class RunStep(models.Model):
     )
     # Looked up through runstep_unique_child, which leads with it (a partial index, but
     # `parent_step_id = x` implies the predicate `parent_step_id IS NOT NULL`).
+    # No database constraint: a parent is a step of the same run (the run's key holds
+    # both), the engine's statements take it from the row they just finished, and a
+    # step goes only with its run (CASCADE, done by Django) or its element.
     parent_step = models.ForeignKey(
         "self",
         on_delete=models.CASCADE,
@@ -350,6 +361,7 @@ class RunStep(models.Model):
         related_name="children",
         verbose_name="previous step",
         db_index=False,
+        db_constraint=False,
     )
     status = models.CharField(
         "status", max_length=10, choices=Status.choices, default=Status.PENDING
