@@ -13,10 +13,13 @@ the finished message to us instead of pushing it). That is the template, in the 
 format the workers read. Each send copies it with a new task id, delivery tag and step
 id, sends Celery's ``before_task_publish`` / ``after_task_publish`` signals as Celery
 does (django-structlog puts the request's log context in the headers), and pushes it
-with one LPUSH on a Redis client kept per process. Used only with a Redis broker and
-tasks not eager; any other broker, or a template that is not what this module expects
-(a Celery upgrade), falls back to ``delay()``. ``tests/integration/webhooks/
-test_publish.py`` runs a message sent this way through Celery's own worker request.
+with one LPUSH on a Redis connection kept per thread (``_Pusher``: redis-py's client
+checks a connection out of its pool, polls it, records pool metrics and wraps the call
+in its retry policy on every command, about twice the cost of the LPUSH itself). Used
+only with a Redis broker and tasks not eager; any other broker, or a template that is
+not what this module expects (a Celery upgrade), falls back to ``delay()``.
+``tests/integration/webhooks/test_publish.py`` runs a message sent this way through
+Celery's own worker request.
 
 A failed push is logged and left alone: the step is pending, due and ``enqueued_at``
 is set, so the engine's sweeper sends it again after its grace. No work lives only in
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -44,6 +48,35 @@ _SENTINEL_ID = "5e4714e1-0000-4000-8000-00000000c0de"
 _SENTINEL_ARG = 918_273_645_546_372_819
 
 
+class _Pusher:
+    """LPUSH on one connection per thread, made with the broker pool's own settings
+    (host, database, credentials, TLS, timeouts). A failed command drops the connection
+    (the next send connects again) and raises, as the client would."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._local = threading.local()
+
+    def lpush(self, key: str, value: str) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # never a parent's socket
+            conn = self._pool.connection_class(**self._pool.connection_kwargs)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        try:
+            conn.send_command("LPUSH", key, value)
+            return conn.read_response()
+        except BaseException:
+            self._local.conn = None
+            conn.disconnect()
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.disconnect()
+
+
 @dataclass(frozen=True)
 class _Template:
     key: str  # the Redis list the workers read (queue and priority)
@@ -55,7 +88,7 @@ class _Template:
     routing_key: str
     declare: list[Any]
     retry_policy: dict[str, Any]
-    client: Any  # a redis client on the channel's pool, kept for the process
+    client: Any  # a _Pusher on the channel's pool, kept for the process
     connection: Any  # keeps the channel (and its pool) alive
     broker: str  # the broker URL it was taken for (a test may switch the app's broker)
 
@@ -112,8 +145,6 @@ def _template_from(
 ) -> _Template | None:
     """Check the captured message has the sentinels where this module puts each send's
     own values, and nowhere else."""
-    import redis
-
     headers = dict(message.get("headers") or {})
     properties = dict(message.get("properties") or {})
     if properties.get("body_encoding") != "base64" or message.get("content-type") != (
@@ -168,7 +199,7 @@ def _template_from(
         routing_key=signal_args.get("routing_key", ""),
         declare=list(signal_args.get("declare") or []),
         retry_policy=dict(signal_args.get("retry_policy") or {}),
-        client=redis.Redis(connection_pool=channel.pool),
+        client=_Pusher(channel.pool),
         connection=connection,
         broker=_broker_url(_task().app),
     )
@@ -192,8 +223,7 @@ def _template(app: Any) -> _Template | None:
                 log.warning("webhooks.publish_template_failed", exc_info=True)
                 template = None
             _state.update(template=template, broker=broker)
-            if old is not None:
-                old.connection.release()
+            _release(old)
     return _state["template"]
 
 
@@ -202,7 +232,12 @@ def reset() -> None:
     with _lock:
         template = _state["template"]
         _state.update(template=None, broker=None)
+    _release(template)
+
+
+def _release(template: _Template | None) -> None:
     if template is not None:
+        template.client.close()
         template.connection.release()
 
 

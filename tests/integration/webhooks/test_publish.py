@@ -80,6 +80,32 @@ def test_each_send_has_its_own_ids(real_broker):
     assert [first.decode()[0], second.decode()[0]] == [[1], [2]]
 
 
+def test_a_broken_connection_is_dropped_and_the_next_send_connects_again(real_broker):
+    publish.step_execute_send(1)
+    pusher = publish._state["template"].client
+    first = pusher._local.conn
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("connection reset")
+
+    first.send_command = broken
+    publish.step_execute_send(2)  # logged and lost: the sweeper sends the step again
+    publish.step_execute_send(3)
+    assert pusher._local.conn is not first
+    sent = [real_broker.get(timeout=2).decode()[0] for _ in range(2)]
+    assert sent == [[1], [3]]
+
+
+def test_a_forked_process_does_not_share_its_parents_connection(real_broker, monkeypatch):
+    publish.step_execute_send(1)
+    pusher = publish._state["template"].client
+    parent = pusher._local.conn
+    monkeypatch.setattr(publish.os, "getpid", lambda: -1)  # as in a child after fork
+    publish.step_execute_send(2)
+    assert pusher._local.conn is not parent
+    assert [real_broker.get(timeout=2).decode()[0] for _ in range(2)] == [[1], [2]]
+
+
 def test_a_template_not_as_expected_falls_back_to_celery(real_broker, monkeypatch):
     real = publish._template_from
 
