@@ -20,6 +20,7 @@ the callback instead of timing out. A run cancelled meanwhile makes the callback
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -589,35 +590,17 @@ def _inbound_set(inbound_id: int, status: str, note: str = "", **extra: Any) -> 
     )
 
 
-def _pairing_sql(endpoint: WebhookEndpoint) -> str:
-    if endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID:
-        return "endpoint_id = %(endpoint)s AND external_id = %(ident)s AND advertiser_id = %(adv)s"
-    return "endpoint_id = %(endpoint)s AND pcid = %(ident)s"
-
-
-def _match(
-    *,
-    endpoint: WebhookEndpoint,
-    inbound_id: int,
-    identifier: str,
-    advertiser_id: int | None,
-    fresh: bool,
-) -> Answer:
-    """Claim the oldest waiting row for the identifier and resume its step. ``fresh``:
-    the callback just arrived (an unmatched one is kept for a late waiting row)."""
-    external = endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID
-    if external and advertiser_id is None:
-        _inbound_set(inbound_id, Inbound.NOT_FOUND, "no advertiser to pair the buyer's id with")
-        return NOT_FOUND
+@functools.cache
+def _match_sql(external: bool) -> str:
+    """``_match``'s statement for a pairing mode (built once per process)."""
+    if external:
+        where = "endpoint_id = %(endpoint)s AND external_id = %(ident)s AND advertiser_id = %(adv)s"
+    else:
+        where = "endpoint_id = %(endpoint)s AND pcid = %(ident)s"
     waiting = WaitingWebhook._meta.db_table
     inbound = InboundWebhookRequest._meta.db_table
     step_table = RunStep._meta.db_table
     run_table = ScenarioRun._meta.db_table
-    where = _pairing_sql(endpoint)
-    now = timezone.now()
-    params = {"endpoint": endpoint.pk, "ident": identifier, "adv": advertiser_id,
-              "inbound": inbound_id, "now": now,
-              "resumed": json.dumps({"resumed": {"inbound_id": inbound_id}})}  # fmt: skip
     # One statement, one round trip (its own transaction outside an atomic block): claim
     # the waiting row, mark the callback matched, and resume the parked step exactly as
     # engine.step_resume does (input.resumed set, due now, the run running again) when
@@ -625,7 +608,7 @@ def _match(
     # callbacks): six round trips here cost half our throughput. Lock order: waiting
     # row, step, run; the step's own handler locks the run, then its waiting row, but
     # only after claiming the step, which this statement's step lock excludes.
-    sql = f"""
+    return f"""
         WITH w AS (
             UPDATE {waiting} SET status = 'matched', matched_at = %(now)s
             WHERE id = (SELECT id FROM {waiting} WHERE {where} AND status = 'waiting'
@@ -647,12 +630,32 @@ def _match(
         )
         SELECT w.id, w.step_id, (SELECT id FROM s) FROM w
     """  # noqa: S608 - table names from the models, values bound
+
+
+def _match(
+    *,
+    endpoint: WebhookEndpoint,
+    inbound_id: int,
+    identifier: str,
+    advertiser_id: int | None,
+    fresh: bool,
+) -> Answer:
+    """Claim the oldest waiting row for the identifier and resume its step. ``fresh``:
+    the callback just arrived (an unmatched one is kept for a late waiting row)."""
+    external = endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID
+    if external and advertiser_id is None:
+        _inbound_set(inbound_id, Inbound.NOT_FOUND, "no advertiser to pair the buyer's id with")
+        return NOT_FOUND
+    now = timezone.now()
+    params = {"endpoint": endpoint.pk, "ident": identifier, "adv": advertiser_id,
+              "inbound": inbound_id, "now": now,
+              "resumed": json.dumps({"resumed": {"inbound_id": inbound_id}})}  # fmt: skip
     if _portable():
         claimed = _claim_orm(endpoint=endpoint, identifier=identifier,
                              advertiser_id=advertiser_id, inbound_id=inbound_id)  # fmt: skip
     else:
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(_match_sql(external), params)
             claimed = cursor.fetchone()
     if claimed is not None:
         waiting_id, step_id, resumed = claimed
