@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.models import Q
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -266,6 +266,24 @@ def _run_plan(
 
 
 _RUN_FIELDS = [f for f in ScenarioRun._meta.concrete_fields if not f.primary_key]
+
+
+def _run_plain_type(field: Any) -> type | None:
+    """The type whose values ``field.get_db_prep_save`` returns unchanged (None: JSON,
+    dates and auto_now_add go through the ORM). A run in hand was built by
+    ``Model.__init__``, so its defaults are already values."""
+    if isinstance(field, models.CharField | models.TextField):
+        return str
+    if isinstance(field, models.BooleanField):
+        return bool
+    if isinstance(field, models.IntegerField | models.ForeignKey):
+        return int
+    return None
+
+
+# As for request log rows (services._LOG_PREP): a value of its field's plain type (or
+# None) is passed as is, anything else is prepared by the ORM (~3 us a field).
+_RUN_PREP = [(f, _run_plain_type(f)) for f in _RUN_FIELDS]
 # The run this thread started last (committed: run_start's statement is its own
 # transaction): run_drive right after it uses the object in hand instead of reading it
 # back. Only outside a transaction, where the insert is known to be committed.
@@ -296,7 +314,11 @@ def _run_insert(
     see a failure and holds the work's own durable origin. A run left to the workers is
     the only record of its work: that commit waits for the disk."""
     params: list[Any] = [run.integration_id]
-    params += [f.get_db_prep_save(f.pre_save(run, True), connection) for f in _RUN_FIELDS]
+    for field, plain in _RUN_PREP:
+        value = getattr(run, field.attname)
+        if plain is None or (value is not None and type(value) is not plain):
+            value = field.get_db_prep_save(field.pre_save(run, True), connection)
+        params.append(value)
     params += [version, run.workspace_id, now, now, now]
     start_input = json.dumps({"variables": run.variables})
     for element, output in start_steps:
