@@ -1025,6 +1025,9 @@ class _Driver:
             if self.dist.sold_count and not self._may_sell(cand.offer, 1):
                 self._skip(cand.offer, tier, "the lead is sold already")
                 continue
+            # _ping_capable reads the state of an integration this driver has not seen:
+            # then that read is the ping's (no second one a moment later).
+            state_read_now = cand.offer.integration_id not in self._states
             pings = (
                 cand.offer.price_model != PriceModel.FIXED
                 and cand.offer.integration_id in self._ping_capable([cand.offer])
@@ -1039,7 +1042,9 @@ class _Driver:
             )  # fmt: skip
             if pings:
                 started = time.monotonic()
-                call, future, variables = self._ping_submit(cand.offer, until, fresh=True)
+                call, future, variables = self._ping_submit(
+                    cand.offer, until, fresh=not state_read_now
+                )
                 seconds = min(_seconds_left(until), cand.offer.timeout_seconds)
                 outcome, run_id = self._ping_finish(
                     call, future, started, timeout=seconds,
@@ -1406,36 +1411,27 @@ class _Driver:
             values.update(extra)
         return values
 
-    def _call_start(
-        self,
-        offer: Offer,
-        row: OfferResult,
-        meaning: str,
-        until: datetime,
-        variables: dict[str, Any] | None = None,
+    def _post_start(
+        self, offer: Offer, row: OfferResult, until: datetime, variables: dict[str, Any]
     ) -> tuple[ScenarioRun | None, Future | None]:
+        """Start the offer's post run (pings start on the pool: _ping_submit) and drive
+        it on the pool; (None, None) when it cannot start (the row says why)."""
         seconds = min(_seconds_left(until), offer.timeout_seconds)
-        stage = ResultStage.PINGED if meaning == "ping" else ResultStage.POSTED
         try:
+            # A post may park on a buyer's callback longer than the tree's deadline
+            # (blocking webhook): no run deadline; the driver's wait cuts it and cancels
+            # it if still unfinished.
             run = engine.run_start(
-                integration=offer.integration,
-                lead=self.lead,
-                meaning=meaning,
+                integration=offer.integration, lead=self.lead, meaning="post",
                 variables=self._variables(offer, variables),
-                # A post may park on a buyer's callback longer than the tree's deadline
-                # (blocking webhook): only pings get a run deadline; posts are cut by
-                # the driver's wait and cancelled if still unfinished.
-                deadline_seconds=seconds if meaning == "ping" else None,
-            )
+            )  # fmt: skip
         except engine.EngineError as exc:
-            fields = {"ping_status" if meaning == "ping" else "post_status": ResultStatus.ERROR}
             self._result_update(
-                row, stage=stage, status=ResultStatus.ERROR, reason=str(exc), finished=True,
-                **fields,
+                row, stage=ResultStage.POSTED, status=ResultStatus.ERROR, reason=str(exc),
+                finished=True, post_status=ResultStatus.ERROR,
             )  # fmt: skip
             return None, None
-        run_field = "ping_run" if meaning == "ping" else "post_run"
-        self._result_update(row, stage=stage, **{run_field: run})
+        self._result_update(row, stage=ResultStage.POSTED, post_run=run)
         return run, POOL.submit(_drive_run, run.pk, seconds)
 
     def _call_finish(
@@ -1688,7 +1684,7 @@ class _Driver:
         direct = self._direct(cand.offer, "post", fresh=True)
         if direct is not None:
             return self._post_direct(cand, row, until, extra, direct, started)
-        run, future = self._call_start(cand.offer, row, "post", until, variables=extra)
+        run, future = self._post_start(cand.offer, row, until, extra)
         if run is None:
             self._release(row)
             return False

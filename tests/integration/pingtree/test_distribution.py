@@ -501,3 +501,29 @@ def test_a_long_reason_on_an_accepted_answer_is_cut_not_an_error(tree, buyers, c
     assert dist.status == "sold"
     row = OfferResult.objects.get(distribution=dist, offer=offer)
     assert row.reason == (lead.pcid * 18)[:500]
+
+
+def test_each_call_reads_its_integrations_state_once(tree, buyers, call_path):
+    """Every call reads the integration's status and version just before it (an
+    operator's change applies to the next call), once: a waterfall's ping and its post
+    each read it, nothing twice."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    offer = tree.offer(
+        "Bidder", price_model="bid", ping=buyers.json("/ping", price="7"), post=buyers.json("/p")
+    )
+    tree.tier("waterfall", offer)
+    lead = tree.lead()
+    with CaptureQueriesContext(connection) as queries:
+        dist = distribute(lead)
+    assert dist.status == "sold"
+    reads = [
+        q["sql"]
+        for q in queries.captured_queries
+        if '"config_version" FROM "integrations_integration" WHERE "id"' in q["sql"]
+    ]
+    if call_path == "direct":
+        assert len(reads) == 2, reads  # the ping's, the post's
+    else:
+        assert 1 <= len(reads) <= 2, reads  # the engine reads its own in the pool thread
