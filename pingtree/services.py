@@ -649,6 +649,23 @@ def distribution_start(*, lead_id: int, inline: bool = False) -> Distribution | 
     return dist
 
 
+def _lead_status(lead_id: int) -> str:
+    """The lead's status as it is now (one indexed read; on PostgreSQL without the
+    ORM's query building, as the per-call reads of step_cache)."""
+    if connection.vendor == "postgresql":
+        global _LEAD_STATUS_SQL
+        if _LEAD_STATUS_SQL is None:
+            q = connection.ops.quote_name
+            _LEAD_STATUS_SQL = (
+                f"SELECT {q('status')} FROM {q(Lead._meta.db_table)} WHERE {q('id')} = %s"  # noqa: S608
+            )
+        return step_cache.fetch_one(_LEAD_STATUS_SQL, [lead_id])[0]
+    return Lead.objects.filter(pk=lead_id).values_list("status", flat=True)[0]
+
+
+_LEAD_STATUS_SQL: str | None = None
+
+
 def _history(dist: Distribution, kind: str, message: str, data: dict | None = None) -> None:
     LeadEvent.objects.create(
         workspace_id=dist.workspace_id,
@@ -1139,8 +1156,9 @@ class _Driver:
             # One statement for every bidder the sale left behind.
             why = "outbid: the lead went to a higher bid" if sales else "the lead is sold"
             now = timezone.now()
-            OfferResult.objects.filter(pk__in=[r.pk for r in losers]).update(
-                status=ResultStatus.OUTBID, reason=why, finished_at=now
+            _results_set(
+                [r.pk for r in losers],
+                {"status": ResultStatus.OUTBID, "reason": why, "finished_at": now},
             )
             for row in losers:
                 row.status, row.reason, row.finished_at = ResultStatus.OUTBID, why, now
@@ -2021,7 +2039,8 @@ class _Driver:
         sold = dist.sold_count > 0
         revenue = Decimal("0") if dist.is_test else dist.revenue
         payout = Decimal("0")
-        lead_status = Lead.objects.filter(pk=self.lead.pk).values_list("status", flat=True)[0]
+        # Read now: the refusal policy may have rejected the lead meanwhile (no payout).
+        lead_status = _lead_status(self.lead.pk)
         if sold and self.tree and lead_status != LeadStatus.REJECTED:
             payout = (revenue * self.tree.payout_percent / 100).quantize(CENT, ROUND_HALF_UP)
         if sold:
