@@ -1054,7 +1054,7 @@ class _Driver:
             result = self._open(
                 cand.offer, tier,
                 posting=not pings and (
-                    self.lead.is_test or not any(c.is_active for c in cand.offer.caps.all())
+                    not self._caps_to_count(cand.offer)
                 ),
             )  # fmt: skip
             if pings:
@@ -1109,7 +1109,7 @@ class _Driver:
             and first.result.stage == ResultStage.PINGED
             and not (self.dist.sold_count and not self._may_sell(first.offer, max_sales))
             and _seconds_left(until) > MIN_CALL_SECONDS
-            and (self.lead.is_test or not any(c.is_active for c in first.offer.caps.all()))
+            and not self._caps_to_count(first.offer)
         ):
             # The best bid is posted next with no cap to reserve: it is written in
             # flight (posted) with the answers, one statement less before its post.
@@ -1667,10 +1667,15 @@ class _Driver:
             return bid or Decimal("0")
         return ((bid or Decimal("0")) * offer.revenue_share_percent / 100).quantize(CENT)
 
-    def _reserve(self, cand: _Candidate, row: OfferResult) -> str:
+    def _caps_to_count(self, offer: Offer) -> list[Cap]:
+        """The offer's active caps this lead counts in: none for a test lead (test leads
+        never count in caps, figures or money)."""
         if self.lead.is_test:
-            return ""
-        caps = [c for c in cand.offer.caps.all() if c.is_active]
+            return []
+        return [c for c in offer.caps.all() if c.is_active]
+
+    def _reserve(self, cand: _Candidate, row: OfferResult) -> str:
+        caps = self._caps_to_count(cand.offer)
         if not caps:
             return ""
         amounts = {CapMetric.SENT: Decimal("1"), CapMetric.SOLD: Decimal("1")}
@@ -1819,9 +1824,7 @@ class _Driver:
         buyer_lead_id = str(outcome.captured.get("buyer_lead_id") or row.buyer_lead_id or "")
         counted = Decimal("0") if self.lead.is_test else price
         reason = (outcome.reason or "accepted")[:500]  # the column's length
-        if connection.vendor == "postgresql" and (
-            self.lead.is_test or not any(c.is_active for c in offer.caps.all())
-        ):
+        if connection.vendor == "postgresql" and (not self._caps_to_count(offer)):
             # No cap to settle: the sale and its row in one statement (atomic by itself).
             sold = self._sale_statement(
                 row, exclusive=exclusive, counted=counted, redirect=redirect, values=[
@@ -1964,7 +1967,7 @@ class _Driver:
         if reserved == price:
             return
         self._release(row, metrics=(CapMetric.REVENUE,))
-        caps = [c for c in offer.caps.all() if c.is_active]
+        caps = self._caps_to_count(offer)
         added = caps_service.caps_add(
             caps=caps, metric=CapMetric.REVENUE, amount=price, now=timezone.now(), tz_name=self.tz
         )
