@@ -52,7 +52,10 @@ def _in_model_order(model: type[Model], names: list[str]) -> list[str]:
 
 KEY_FIELDS = ["id", "prefix", "hashed_key", "name", "revoked", "expiry_date",
               "rate_limit_per_minute", "last_used_at", "partner"]  # fmt: skip
-PARTNER_FIELDS = ["id", "name", "status", "workspace", "default_structure"]
+# Every partner field the intake reads (status, the decision mode and budget): one not
+# read here is loaded by a query of its own on first access (refresh_from_db).
+PARTNER_FIELDS = ["id", "name", "status", "workspace", "default_structure", "decision_mode",
+                  "decision_budget_seconds"]  # fmt: skip
 WORKSPACE_FIELDS = ["id", "name", "slug", "default_country", "config_version", "created_at"]
 STRUCTURE_FIELDS = ["id", "workspace", "name", "slug", "is_active"]
 KEY_FIELDS = _in_model_order(PartnerAPIKey, KEY_FIELDS)

@@ -217,3 +217,23 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_lead():
     assert len(answers) == 10 and {code for code, _ in answers} == {201}
     assert len({pcid for _, pcid in answers}) == 1
     assert Lead.objects.count() == 1 and IdempotencyRecord.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_lead_costs_its_key_lookup_and_one_write(client, lead_setup):
+    """The intake's path, statement by statement (bench-intake): the key with its
+    partner (every partner field the intake reads, the decision mode and budget included),
+    workspace and default structure in one read; the lead, its history and its duplicate
+    keys in one write. A field the key lookup leaves out costs a query of its own."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    post(client, lead_setup, lead_setup.valid_payload(1))  # the configuration is cached
+    with CaptureQueriesContext(connection) as queries:
+        response = post(client, lead_setup, lead_setup.valid_payload(2))
+    assert response.status_code == 201 and response.json()["status"] == "approved"
+    statements = [q["sql"] for q in queries.captured_queries]
+    partner_reads = [s for s in statements if s.startswith('SELECT "structures_partner"')]
+    assert partner_reads == []
+    limit = 2 if connection.vendor == "postgresql" else 8
+    assert len(statements) <= limit, statements
