@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from structures import hooks
+from structures.choices import LeadStatus
 from structures.hooks import GateResult
 from structures.models import Lead
 
@@ -40,19 +41,52 @@ def pingtree_gate(lead: Lead) -> GateResult:
 
 
 def outcome(lead: Lead) -> dict[str, Any]:
-    from pingtree import services
+    from pingtree import selectors, services
     from pingtree.models import Distribution
 
     dist = Distribution.objects.filter(lead_id=lead.pk).first()
+    if dist is None and lead.status == LeadStatus.APPROVED and not _sells(lead.workspace_id):
+        # Never queued (on_lead_accepted): the answer its distribution would have given.
+        return {
+            "distribution": {
+                "status": "unsold", "price": None, "redirect_url": "",
+                "reason": selectors.NO_TREE_REASON,
+            }
+        }  # fmt: skip
     return {"distribution": services.distribution_decision(dist)}
+
+
+def _sells(workspace_id: int) -> bool:
+    from pingtree import selectors
+    from structures.models import Workspace
+
+    workspace = Workspace.objects.only("created_at", "config_version").get(pk=workspace_id)
+    return selectors.workspace_sells(workspace_id, workspace.config_key)
+
+
+def on_tree_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A ping tree saved or deleted: the workspace's configuration key changes, so
+    ``selectors.workspace_sells`` is read again in every process."""
+    from structures.intake_config import config_bump
+
+    config_bump(workspace_id=instance.workspace_id)
 
 
 def on_lead_accepted(sender: Any, lead_id: int, **kwargs: Any) -> None:
     """An approved lead is distributed on the realtime queue; a pending one when the
     refusal policy's gates get to the ping tree (or once it is decided). A partner waiting
-    synchronously drives it in its own request instead (hooks.inline_decision)."""
+    synchronously drives it in its own request instead (hooks.inline_decision). A
+    workspace without an active ping tree does not sell through one: nothing is queued
+    (its leads' outcome says so: ``outcome``), which keeps the intake as cheap as before
+    ping trees existed (bench-intake)."""
     if hooks.inline_decision.get():
         return
+    workspace_id, config_key = kwargs.get("workspace_id"), kwargs.get("config_key")
+    if workspace_id is not None and config_key is not None:
+        from pingtree import selectors
+
+        if not selectors.workspace_sells(workspace_id, config_key):
+            return
     from pingtree.tasks import distribution_start_task
 
     distribution_start_task.delay(lead_id)
@@ -86,6 +120,12 @@ def connect() -> None:
 
     if services.distribution_await not in hooks.DECISION_WAITERS:
         hooks.DECISION_WAITERS.append(services.distribution_await)
+    from django.db.models.signals import post_delete, post_save
+
+    from pingtree.models import PingTree
+
+    for signal in (post_save, post_delete):
+        signal.connect(on_tree_changed, sender=PingTree, dispatch_uid=f"pingtree.tree_{signal}")
     hooks.lead_accepted.connect(on_lead_accepted, dispatch_uid="pingtree.lead_accepted")
     hooks.lead_decided.connect(on_lead_decided, dispatch_uid="pingtree.lead_decided")
     run_finished.connect(on_run_finished, dispatch_uid="pingtree.run_finished")

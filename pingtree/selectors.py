@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from pingtree.choices import OfferStatus
-from pingtree.models import Distribution, Offer, OfferResult
+from pingtree.models import Distribution, Offer, OfferResult, PingTree
 from structures.hooks import GateResult
 from structures.models import Lead
 
@@ -55,3 +57,15 @@ def lead_filters_pass(*, lead: Lead) -> GateResult:
     if not reasons:
         return GateResult(passed=False, reason="The ping tree has no active offer.")
     return GateResult(passed=False, reason="No offer accepts the lead: " + "; ".join(reasons[:3]))
+
+
+NO_TREE_REASON = "No active ping tree serves this lead."
+
+
+@lru_cache(maxsize=1024)
+def workspace_sells(workspace_id: int, config_key: str) -> bool:
+    """Whether the workspace has an active ping tree, cached per process under its
+    configuration key (``Workspace.config_key``), which every save and delete of a ping
+    tree changes (pingtree.receivers): a change is a miss in every process at once, as
+    for the intake's own configuration (structures.intake_config)."""
+    return PingTree.objects.filter(workspace_id=workspace_id, is_active=True).exists()

@@ -54,6 +54,7 @@ from integrations.engine import services as engine
 from integrations.engine.graph import graph_get
 from integrations.models import Element, Integration, RequestStep, ScenarioRun
 from pingtree import caps as caps_service
+from pingtree import selectors
 from pingtree.choices import (
     DISTRIBUTION_FINISHED,
     CapMetric,
@@ -620,7 +621,7 @@ def distribution_ensure(*, lead: Lead) -> Distribution:
         tree=tree,
         is_test=lead.is_test,
         status=DistributionStatus.PENDING if tree else DistributionStatus.UNSOLD,
-        reason="" if tree else "No active ping tree serves this lead.",
+        reason="" if tree else selectors.NO_TREE_REASON,
         next_check_at=now + PENDING_GRACE if tree else None,
         finished_at=None if tree else now,
     )
@@ -2261,7 +2262,10 @@ def distributions_sweep(*, limit: int = 200) -> int:
 
     recent = now - MISSING_LOOKBACK
     missing: list[int] = []
-    for workspace_id in Workspace.objects.values_list("id", flat=True):
+    # Only workspaces that sell through a ping tree: the others' leads are never queued
+    # (receivers.on_lead_accepted).
+    selling = Workspace.objects.filter(ping_trees__is_active=True).distinct()
+    for workspace_id in selling.values_list("id", flat=True):
         missing += Lead.objects.filter(
             workspace_id=workspace_id,
             created_at__gte=recent,

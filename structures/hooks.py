@@ -39,7 +39,9 @@ Gate = Callable[["Lead"], GateResult]
 DECISION_GATES: dict[str, list[Gate]] = {"validation": [], "filters": [], "pingtree": []}
 OUTCOME_PROVIDERS: list[Callable[[Lead], dict[str, Any]]] = []
 
-# Sent with ``lead_id`` after the transaction that accepted the lead committed.
+# Sent with ``lead_id`` after the transaction that accepted the lead committed, and (from
+# the intake) ``workspace_id`` and ``config_key``: the workspace's configuration key as the
+# intake read it (Workspace.config_key), for receivers that cache per configuration.
 lead_accepted = Signal()
 # Sent with ``lead_id`` and ``status`` after a pending lead was approved or rejected.
 lead_decided = Signal()

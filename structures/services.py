@@ -486,16 +486,21 @@ def _lead_save(
         )
     log.info("lead.received", status=lead.status, partner_id=partner.id, test=lead.is_test)
     if lead.status in (LeadStatus.APPROVED, LeadStatus.PENDING):
-        transaction.on_commit(lambda: _after_accept(lead.id, lead.status), robust=True)
+        config_key = workspace.config_key
+        transaction.on_commit(
+            lambda: _after_accept(lead.id, lead.status, workspace.pk, config_key), robust=True
+        )
     return IntakeResult(status_code=201, body=lead_body(lead), lead=lead)
 
 
-def _after_accept(lead_id: int, status: str) -> None:
+def _after_accept(lead_id: int, status: str, workspace_id: int, config_key: str) -> None:
     from structures.tasks import lead_process_task
 
     if status == LeadStatus.PENDING:
         lead_process_task.delay(lead_id)
-    hooks.lead_accepted.send(sender=Lead, lead_id=lead_id)
+    hooks.lead_accepted.send(
+        sender=Lead, lead_id=lead_id, workspace_id=workspace_id, config_key=config_key
+    )
 
 
 # --- decisions ----------------------------------------------------------------------------
