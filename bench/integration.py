@@ -489,11 +489,11 @@ def no_log_row() -> Callable[[], None]:
     """UNSAFE, for scale only: the log row built and masked but never written."""
     from integrations import services
 
-    original = services._log_insert
-    services._log_insert = lambda entry: None
+    original = services.log_write
+    services.log_write = lambda entry: None
 
     def undo() -> None:
-        services._log_insert = original
+        services.log_write = original
 
     return undo
 

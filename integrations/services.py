@@ -216,7 +216,7 @@ def _log(
         run_step_id=run_step_id,
     )
     if insert:
-        _log_insert(entry)
+        log_write(entry)
     return entry
 
 
@@ -225,9 +225,10 @@ _log_insert_sql: str | None = None
 _log_insert_own_sql: str | None = None
 
 
-def _log_insert(entry: RequestLog) -> None:
+def log_write(entry: RequestLog) -> None:
     """Write one log row before the call returns (never buffered in memory: a killed
-    worker would lose it).
+    worker would lose it); also a row built with ``defer_log`` that its caller did not
+    write with its own record.
 
     On PostgreSQL a single INSERT ... RETURNING whose text is built once per process and
     whose values are prepared exactly as the ORM prepares them (defaults, auto_now_add,

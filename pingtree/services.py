@@ -257,7 +257,7 @@ class _PingCall:
                     orphan = self.abandoned
                     self.delivered = not orphan
                 if orphan:
-                    _log_write(result.log)
+                    integration_services.log_write(result.log)
             return result
         # Started and driven in this pool thread: its first steps are claimed for us.
         run = engine.run_start(
@@ -279,15 +279,6 @@ class _PingCall:
                 return None, True
             self.abandoned = True
             return self.run_id, False
-
-
-def _log_write(entry: Any) -> None:
-    """Write a deferred request log row by itself (PostgreSQL)."""
-    sql, params = integration_services.log_insert_sql(entry)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        entry.pk = cursor.fetchone()[0]
-    entry._state.adding = False
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -1652,7 +1643,7 @@ class _Driver:
             for entry, d in zip(entries, deferred, strict=True):
                 if d:
                     with contextlib.suppress(Exception):
-                        _log_write(entry)
+                        integration_services.log_write(entry)
             raise
         written = iter(ids)
         for row, entry, d in zip(rows, entries, deferred, strict=True):
@@ -1744,7 +1735,7 @@ class _Driver:
         finally:
             # Every call is logged: if recording failed, its log row still is written.
             if outcome.log_entry is not None and outcome.log_entry.pk is None:
-                _log_write(outcome.log_entry)
+                integration_services.log_write(outcome.log_entry)
 
     def _park(self, row: OfferResult, outcome: CallOutcome) -> None:
         """The buyer answers by callback and holds the lead: wait for run_finished."""
@@ -1839,7 +1830,7 @@ class _Driver:
             self._result_sold(row, outcome, price, redirect, buyer_lead_id, reason, sold)
         else:
             if outcome.log_entry is not None:
-                _log_write(outcome.log_entry)
+                integration_services.log_write(outcome.log_entry)
                 outcome.log_id = outcome.log_entry.pk
             sold = self._sale_transaction(
                 offer, row, outcome, price, exclusive, redirect, buyer_lead_id, counted

@@ -1112,7 +1112,7 @@ def _execute_claimed(
         return [], None
     with transaction.atomic():
         if entry is not None:
-            services._log_insert(entry)
+            services.log_write(entry)
         locked, _due = _record_locked(step, run, effect, started)
     run.status, run.variables, run.counters = locked.status, locked.variables, locked.counters
     run.result, run.reason, run.finished_at = locked.result, locked.reason, locked.finished_at
@@ -1168,7 +1168,7 @@ _DONE_SET = (
 )
 # The same, in a statement that is its own transaction: that transaction commits with
 # synchronous_commit off (set_config(..., true) lasts until it ends), as a request's log
-# row does (integrations.services._log_insert). A step's progress is then not waited
+# row does (integrations.services.log_write). A step's progress is then not waited
 # for on disk: it survives any crash of ours, and a crash of the PostgreSQL server
 # itself within ~3 x wal_writer_delay can only take back the last steps' records, and
 # only together with everything committed after them (the WAL is flushed in order: any
