@@ -15,7 +15,18 @@ One integration is an object::
                    "captures": [{"source": "body", "key_kind": "json_path", "key": "id",
                                  "target": "buyer_lead_id", "target_name": ""}]}]}
 
-Secrets are never exported; an imported integration that needs one says so. Keys are
+An integration with a scenario (its elements and the arrows between them: docs/scenarios.md)
+also carries it, elements and requests named by their place in their lists::
+
+    "scenario": {
+      "elements": [{"name": "Start", "kind": "start", "meaning": "post", "position": 0,
+                    "config": {}, "request": null, "mirror_of": null},
+                   {"name": "Post", "kind": "request", "meaning": "post", "position": 1,
+                    "config": {}, "request": 0, "mirror_of": null}],
+      "connections": [{"from": 0, "to": 1, "position": 0, "conditions": []}]}
+
+Without it (the library's files), the integration gets its default scenario on its first
+run. Secrets are never exported; an imported integration that needs one says so. Keys are
 written in a fixed order so exports diff cleanly (configuration as code).
 """
 
@@ -30,6 +41,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from integrations.models import (
+    Connection,
+    Element,
     Integration,
     RequestBodyField,
     RequestHeader,
@@ -47,16 +60,21 @@ RULE_FIELDS = ["source", "key_kind", "key", "operator", "value", "value2", "and_
                "outcome", "reason"]  # fmt: skip
 CAPTURE_FIELDS = ["source", "key_kind", "key", "target", "target_name"]
 TOP_KEYS = {"format", "slug", "name", "category", "country", "description", "docs_url",
-            "requests"}  # fmt: skip
+            "requests", "scenario"}  # fmt: skip
+ELEMENT_FIELDS = ["name", "kind", "meaning", "position", "config"]
+ELEMENT_KEYS = set(ELEMENT_FIELDS) | {"request", "mirror_of"}
+CONNECTION_KEYS = {"from", "to", "position", "conditions"}
 STEP_KEYS = set(STEP_FIELDS) | {"headers", "query", "body", "rules", "captures", "needs_secret"}
 
 
 def integration_export(integration: Integration) -> dict[str, Any]:
     """The integration as a plain, ordered, secret-free dict."""
     steps = []
+    step_ids: list[int] = []
     for step in integration.requests.prefetch_related(
         "headers", "query_params", "body_fields", "rules", "captures"
     ):
+        step_ids.append(step.pk)
         data: dict[str, Any] = {f: getattr(step, f) for f in STEP_FIELDS}
         data["headers"] = [[h.name, h.value] for h in step.headers.all()]
         data["query"] = [[q.name, q.value] for q in step.query_params.all()]
@@ -75,6 +93,41 @@ def integration_export(integration: Integration) -> dict[str, Any]:
         "description": integration.description,
         "docs_url": integration.docs_url,
         "requests": steps,
+        **_scenario_export(integration, step_ids),
+    }
+
+
+def _scenario_export(integration: Integration, step_ids: list[int]) -> dict[str, Any]:
+    """``{"scenario": ...}`` when the integration has elements, else nothing."""
+    elements = list(integration.elements.order_by("position", "id"))
+    if not elements:
+        return {}
+    place = {element.pk: i for i, element in enumerate(elements)}
+    connections = Connection.objects.filter(integration=integration).order_by(
+        "from_element__position", "from_element_id", "position", "id"
+    )
+    return {
+        "scenario": {
+            "elements": [
+                {
+                    **{f: getattr(element, f) for f in ELEMENT_FIELDS},
+                    "request": (
+                        step_ids.index(element.request_step_id) if element.request_step_id else None
+                    ),
+                    "mirror_of": place.get(element.mirror_of_id),
+                }
+                for element in elements
+            ],
+            "connections": [
+                {
+                    "from": place[c.from_element_id],
+                    "to": place[c.to_element_id],
+                    "position": c.position,
+                    "conditions": c.conditions or [],
+                }
+                for c in connections
+            ],
+        }
     }
 
 
@@ -122,6 +175,11 @@ def integration_import(
     steps = data.get("requests")
     if not isinstance(steps, list) or not steps:
         raise ValidationError("requests: at least one request is needed.")
+    scenario = data.get("scenario")
+    if scenario is not None:
+        if not isinstance(scenario, dict):
+            raise ValidationError("scenario: expected an object of elements and connections.")
+        _refuse_unknown(scenario, {"elements", "connections"}, "scenario")
     name = (name or _text(data, "name", "integration")).strip()
     if Integration.objects.filter(workspace_id=workspace_id, name=name).exists():
         raise ValidationError(f"integration.name: this workspace already has “{name}”.")
@@ -138,6 +196,7 @@ def integration_import(
         )
         _clean(integration, "integration")
         integration.save()
+        saved_steps: list[RequestStep] = []
         for i, raw in enumerate(steps):
             where = f"requests[{i}]"
             if not isinstance(raw, dict):
@@ -149,6 +208,7 @@ def integration_import(
             )  # fmt: skip
             _clean(step, where)
             step.save()
+            saved_steps.append(step)
             for model, key in ((RequestHeader, "headers"), (RequestQueryParam, "query"),
                                (RequestBodyField, "body")):  # fmt: skip
                 for j, (n, v) in enumerate(_pairs(raw.get(key, []), f"{where}.{key}")):
@@ -168,7 +228,85 @@ def integration_import(
                                 **{f: item[f] for f in fields if f in item})  # fmt: skip
                     _clean(row, f"{where}.{key}[{j}]")
                     row.save()
+        if scenario is not None:
+            _scenario_import(integration, scenario, saved_steps)
     return integration
+
+
+def _index(value: Any, size: int, where: str, what: str) -> int | None:
+    """A place in a list of ``size`` (None allowed), or a ValidationError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+        raise ValidationError(f"{where}: {what} must be the place (0 to {size - 1}) of one.")
+    return value
+
+
+def _scenario_import(
+    integration: Integration, scenario: dict[str, Any], steps: list[RequestStep]
+) -> None:
+    """The scenario's elements, then their arrows, each validated as the scenario editor
+    validates them (settings, conditions), errors naming ``scenario.elements[2]``."""
+    from integrations.admin_engine import conditions_check
+
+    raw_elements = scenario.get("elements", [])
+    raw_connections = scenario.get("connections", [])
+    for key, value in (("elements", raw_elements), ("connections", raw_connections)):
+        if not isinstance(value, list):
+            raise ValidationError(f"scenario.{key}: expected a list.")
+    elements: list[Element] = []
+    for i, raw in enumerate(raw_elements):
+        where = f"scenario.elements[{i}]"
+        if not isinstance(raw, dict):
+            raise ValidationError(f"{where}: expected an object.")
+        _refuse_unknown(raw, ELEMENT_KEYS, where)
+        request = _index(raw.get("request"), len(steps), f"{where}.request", "a request")
+        element = Element(
+            workspace_id=integration.workspace_id, integration=integration,
+            request_step=steps[request] if request is not None else None,
+            **{f: raw[f] for f in ELEMENT_FIELDS if f in raw},
+        )  # fmt: skip
+        elements.append(element)
+    # Masters first exist, then mirrors point at them (a mirror may come before its master).
+    for i, element in enumerate(elements):
+        if element.kind != Element.Kind.MIRROR:
+            _clean(element, f"scenario.elements[{i}]")
+            element.save()
+    for i, (raw, element) in enumerate(zip(raw_elements, elements, strict=True)):
+        master = _index(
+            raw.get("mirror_of"), len(elements), f"scenario.elements[{i}].mirror_of", "an element"
+        )
+        if master is not None and element.kind != Element.Kind.MIRROR:
+            raise ValidationError(f"scenario.elements[{i}].mirror_of: only a mirror has one.")
+        if master is not None:
+            if elements[master].pk is None:
+                raise ValidationError(
+                    f"scenario.elements[{i}].mirror_of: a mirror cannot be the master."
+                )
+            element.mirror_of = elements[master]
+        if element.kind == Element.Kind.MIRROR:
+            _clean(element, f"scenario.elements[{i}]")
+            element.save()
+    for i, raw in enumerate(raw_connections):
+        where = f"scenario.connections[{i}]"
+        if not isinstance(raw, dict):
+            raise ValidationError(f"{where}: expected an object.")
+        _refuse_unknown(raw, CONNECTION_KEYS, where)
+        ends = [_index(raw.get(k), len(elements), f"{where}.{k}", "an element")
+                for k in ("from", "to")]  # fmt: skip
+        if None in ends:
+            raise ValidationError(f"{where}: from and to are both needed.")
+        try:
+            conditions = conditions_check(raw.get("conditions", []))
+        except ValidationError as exc:
+            raise ValidationError(f"{where}.conditions: {' '.join(exc.messages)}") from exc
+        connection = Connection(
+            workspace_id=integration.workspace_id, integration=integration,
+            from_element=elements[ends[0]], to_element=elements[ends[1]],
+            position=raw.get("position", i), conditions=conditions,
+        )  # fmt: skip
+        _clean(connection, where)
+        connection.save()
 
 
 def _clean(obj: Any, where: str) -> None:

@@ -85,8 +85,10 @@ def importable(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def written_rows() -> dict[str, int]:
+    from integrations.models import Connection, Element
+
     models = (Integration, RequestStep, RequestHeader, RequestQueryParam, RequestBodyField,
-              ResponseRule, ResponseCapture)  # fmt: skip
+              ResponseRule, ResponseCapture, Element, Connection)  # fmt: skip
     return {m.__name__: m.objects.count() for m in models}
 
 
@@ -356,3 +358,149 @@ def test_importing_a_name_twice_is_refused_not_a_crash():
     portability.integration_import(workspace_id=workspace.pk, data=data)
     with pytest.raises(ValidationError, match="already has"):
         portability.integration_import(workspace_id=workspace.pk, data=data)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def _with_scenario(workspace_id: int) -> Integration:
+    """The generic buyer (a ping and a post request) with a scenario: post, then, when
+    rejected, wait and ask again, a mirror of the wait, a breaker."""
+    from integrations.models import Connection, Element
+
+    integration = portability.integration_import(
+        workspace_id=workspace_id, data=portability.library_entry("generic-json-buyer")
+    )
+    ping, post = integration.requests.order_by("position", "id")
+
+    def element(name: str, kind: str, position: int, **fields: Any) -> Element:
+        return Element.objects.create(
+            workspace_id=workspace_id, integration=integration, name=name, kind=kind,
+            position=position, **fields,
+        )  # fmt: skip
+
+    # A mirror listed before its master: the import must make the master first.
+    again = element("Wait again", "mirror", 0)
+    start = element("Start", "start", 1, meaning="post")
+    send = element("Post", "request", 2, request_step=post)
+    wait = element("Wait", "wait", 3, config={"mode": "delay", "seconds": 30})
+    again.mirror_of = wait
+    again.save()
+    breaker = element("At most 3", "breaker", 4, config={"limit": 3})
+    retry = element("Ping again", "request", 5, request_step=ping)
+    rejected = [{"source": "outcome", "operator": "equals", "value": "rejected"}]
+    for position, (a, b, conditions) in enumerate(
+        [
+            (start, send, []),
+            (send, wait, rejected),
+            (wait, breaker, []),
+            (breaker, retry, []),
+            (retry, again, rejected),
+        ]  # fmt: skip
+    ):
+        Connection.objects.create(
+            workspace_id=workspace_id, integration=integration, from_element=a, to_element=b,
+            position=position, conditions=conditions,
+        )  # fmt: skip
+    return integration
+
+
+@pytest.mark.django_db
+def test_a_scenario_exports_and_imports_with_its_integration():
+    original = portability.integration_export(_with_scenario(WorkspaceFactory().pk))
+    scenario = original["scenario"]
+    assert [e["name"] for e in scenario["elements"]] == [
+        "Wait again", "Start", "Post", "Wait", "At most 3", "Ping again",
+    ]  # fmt: skip
+    assert scenario["elements"][0]["mirror_of"] == 3 and scenario["elements"][2]["request"] == 1
+    rejected = [{"source": "outcome", "operator": "equals", "value": "rejected"}]
+    assert {"from": 2, "to": 3, "position": 1, "conditions": rejected} in scenario["connections"]
+    copy_ = portability.integration_import(workspace_id=WorkspaceFactory().pk, data=original)
+    assert portability.integration_export(copy_) == original
+    assert json.loads(portability.integration_export_json(copy_)) == original
+    # A library file (no scenario) still round-trips without one.
+    plain = portability.integration_import(
+        workspace_id=WorkspaceFactory().pk, data=portability.library_entry("slack-webhook")
+    )
+    assert "scenario" not in portability.integration_export(plain)
+
+
+@pytest.mark.django_db
+def test_an_imported_scenario_runs():
+    """The copy is a working scenario: its run starts, goes through its elements as the
+    original's would (the post is refused by a disabled integration's status)."""
+    from integrations.engine.services import run_drive, run_start
+    from tests.factories.structures import make_lead_setup
+
+    setup = make_lead_setup()
+    data = portability.integration_export(_with_scenario(WorkspaceFactory().pk))
+    copy_ = portability.integration_import(
+        workspace_id=setup.workspace.pk, data=data, status="disabled"
+    )
+    lead = setup.workspace.leads.create(
+        structure=setup.structure, partner=setup.partner, source="api", status="approved",
+        data={"g_email": "a@example.com"},
+    )  # fmt: skip
+    run = run_drive(run_id=run_start(integration=copy_, lead=lead).pk, deadline_seconds=10)
+    names = list(run.steps.order_by("id").values_list("element__name", flat=True))
+    assert names[:2] == ["Start", "Post"], names
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda s: s["elements"][2].__setitem__("request", 7), "scenario.elements[2].request"),
+        (
+            lambda s: s["elements"][3].__setitem__("config", {"mode": "soon"}),
+            "scenario.elements[3]: config",
+        ),
+        (
+            lambda s: s["elements"][4].__setitem__("config", {"limit": 0}),
+            "scenario.elements[4]: config",
+        ),
+        (lambda s: s["elements"][1].__setitem__("kind", "teleport"), "scenario.elements[1]: kind"),
+        (lambda s: s["elements"][0].__setitem__("mirror_of", 1), "scenario.elements[0]"),
+        (
+            lambda s: s["elements"][2].__setitem__("mirror_of", 3),
+            "scenario.elements[2].mirror_of: only a mirror",
+        ),
+        (
+            lambda s: s["elements"][1].__setitem__("colour", "red"),
+            "scenario.elements[1]: unknown key 'colour'",
+        ),
+        (lambda s: s["connections"][1].__setitem__("to", 99), "scenario.connections[1].to"),
+        (
+            lambda s: s["connections"][1].__setitem__("conditions", [{"operator": "roughly"}]),
+            "scenario.connections[1].conditions: Condition 1: unknown operator",
+        ),
+        (lambda s: s["connections"][0].pop("from"), "scenario.connections[0]: from and to"),
+        (lambda s: s.__setitem__("arrows", []), "scenario: unknown key 'arrows'"),
+        (lambda s: s.__setitem__("elements", {}), "scenario.elements: expected a list"),
+    ],
+    ids=[
+        "request-place",
+        "wait-mode",
+        "breaker-limit",
+        "kind",
+        "mirror-of-start",
+        "master-on-non-mirror",
+        "unknown-key",
+        "arrow-end",
+        "condition",
+        "arrow-from",
+        "scenario-key",
+        "elements-not-list",
+    ],  # fmt: skip
+)
+def test_a_bad_scenario_is_refused_naming_the_place_and_nothing_is_written(mutate, where):
+    data = portability.integration_export(_with_scenario(WorkspaceFactory().pk))
+    mutate(data["scenario"])
+    workspace = WorkspaceFactory()
+    before = written_rows()
+    with pytest.raises(ValidationError) as refused:
+        portability.integration_import(workspace_id=workspace.pk, data=data)
+    message = " ".join(refused.value.messages)
+    assert where in message, message
+    assert written_rows() == before
+    assert not Integration.objects.filter(workspace=workspace).exists()
