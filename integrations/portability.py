@@ -97,6 +97,16 @@ def integration_export(integration: Integration) -> dict[str, Any]:
     }
 
 
+def _ordered(value: Any) -> Any:
+    """Settings and conditions with their keys sorted: the same export whatever order the
+    database keeps JSON keys in (PostgreSQL's jsonb reorders them, SQLite does not)."""
+    if isinstance(value, dict):
+        return {key: _ordered(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_ordered(item) for item in value]
+    return value
+
+
 def _scenario_export(integration: Integration, step_ids: list[int]) -> dict[str, Any]:
     """``{"scenario": ...}`` when the integration has elements, else nothing."""
     elements = list(integration.elements.order_by("position", "id"))
@@ -110,7 +120,7 @@ def _scenario_export(integration: Integration, step_ids: list[int]) -> dict[str,
         "scenario": {
             "elements": [
                 {
-                    **{f: getattr(element, f) for f in ELEMENT_FIELDS},
+                    **{f: _ordered(getattr(element, f)) for f in ELEMENT_FIELDS},
                     "request": (
                         step_ids.index(element.request_step_id) if element.request_step_id else None
                     ),
@@ -123,7 +133,7 @@ def _scenario_export(integration: Integration, step_ids: list[int]) -> dict[str,
                     "from": place[c.from_element_id],
                     "to": place[c.to_element_id],
                     "position": c.position,
-                    "conditions": c.conditions or [],
+                    "conditions": _ordered(c.conditions or []),
                 }
                 for c in connections
             ],

@@ -566,6 +566,52 @@ def test_export_returns_json_and_import_of_it_makes_a_copy(setup, operator):
     assert copied_step.auth_secret_encrypted == ""  # secrets never travel
 
 
+def test_an_exported_scenario_comes_back_through_the_import_page(setup, operator):
+    """Export, then import on the page, an integration whose scenario is more than its
+    default: the copy has the same elements and arrows (conditions included)."""
+    from integrations.models import Connection, Element
+
+    step = make_integration(setup, name="Scenario buyer")
+    add_json_rows(step, url=PUBLIC_URL)
+    integration = step.integration
+
+    def element(name: str, kind: str, **fields: Any) -> Element:
+        return Element.objects.create(
+            workspace=setup.workspace, integration=integration, name=name, kind=kind, **fields
+        )
+
+    start = element("Start", "start", position=0)
+    send = element("Send", "request", position=1, request_step=step)
+    wait = element("Wait 30 s", "wait", position=2, config={"mode": "delay", "seconds": 30})
+    rejected = [{"source": "outcome", "operator": "equals", "value": "rejected"}]
+    for a, b, conditions in ((start, send, []), (send, wait, rejected), (wait, send, [])):
+        Connection.objects.create(
+            workspace=setup.workspace, integration=integration, from_element=a, to_element=b,
+            conditions=conditions,
+        )  # fmt: skip
+    response = operator.get(reverse("admin:integrations_integration_export", args=[integration.pk]))
+    data = json.loads(response.content)
+    assert [e["kind"] for e in data["scenario"]["elements"]] == ["start", "request", "wait"]
+    data["name"] = "Scenario copy"
+    imported = operator.post(
+        reverse("admin:integrations_integration_import"),
+        {"workspace": setup.workspace.pk, "json": json.dumps(data)},
+    )
+    assert imported.status_code == 302, imported.content
+    copy_ = Integration.objects.get(name="Scenario copy")
+    arrows = {
+        (c.from_element.name, c.to_element.name, json.dumps(c.conditions, sort_keys=True))
+        for c in Connection.objects.filter(integration=copy_).select_related(
+            "from_element", "to_element"
+        )
+    }
+    assert arrows == {
+        ("Start", "Send", "[]"), ("Send", "Wait 30 s", json.dumps(rejected, sort_keys=True)),
+        ("Wait 30 s", "Send", "[]"),
+    }  # fmt: skip
+    assert copy_.elements.get(kind="request").request_step.integration_id == copy_.pk
+
+
 def _counts() -> tuple[int, ...]:
     return tuple(
         model.objects.count()
