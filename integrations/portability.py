@@ -33,6 +33,7 @@ written in a fixed order so exports diff cleanly (configuration as code).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -207,11 +208,7 @@ def integration_import(
         _clean(integration, "integration")
         integration.save()
         saved_steps: list[RequestStep] = []
-        for i, raw in enumerate(steps):
-            where = f"requests[{i}]"
-            if not isinstance(raw, dict):
-                raise ValidationError(f"{where}: expected an object.")
-            _refuse_unknown(raw, STEP_KEYS, where)
+        for i, (where, raw) in enumerate(_objects(steps, "requests", STEP_KEYS)):
             step = RequestStep(
                 workspace_id=workspace_id, integration=integration, position=i,
                 **{f: raw[f] for f in STEP_FIELDS if f in raw},
@@ -227,20 +224,28 @@ def integration_import(
                     row.save()
             for key, model, fields in (("rules", ResponseRule, RULE_FIELDS),
                                        ("captures", ResponseCapture, CAPTURE_FIELDS)):  # fmt: skip
-                rows = raw.get(key, [])
-                if not isinstance(rows, list):
-                    raise ValidationError(f"{where}.{key}: expected a list.")
-                for j, item in enumerate(rows):
-                    if not isinstance(item, dict):
-                        raise ValidationError(f"{where}.{key}[{j}]: expected an object.")
-                    _refuse_unknown(item, set(fields), f"{where}.{key}[{j}]")
+                items = _objects(raw.get(key, []), f"{where}.{key}", set(fields))
+                for j, (place, item) in enumerate(items):
                     row = model(request=step, position=j,
                                 **{f: item[f] for f in fields if f in item})  # fmt: skip
-                    _clean(row, f"{where}.{key}[{j}]")
+                    _clean(row, place)
                     row.save()
         if scenario is not None:
             _scenario_import(integration, scenario, saved_steps)
     return integration
+
+
+def _objects(items: Any, where: str, allowed: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(place, item)`` for each item of a list of objects with only ``allowed`` keys,
+    or a ValidationError naming the place (``requests[2]: ...``)."""
+    if not isinstance(items, list):
+        raise ValidationError(f"{where}: expected a list.")
+    for i, item in enumerate(items):
+        place = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise ValidationError(f"{place}: expected an object.")
+        _refuse_unknown(item, allowed, place)
+        yield place, item
 
 
 def _index(value: Any, size: int, where: str, what: str) -> int | None:
@@ -259,17 +264,12 @@ def _scenario_import(
     validates them (settings, conditions), errors naming ``scenario.elements[2]``."""
     from integrations.admin_engine import conditions_check
 
-    raw_elements = scenario.get("elements", [])
+    raw_elements = list(_objects(scenario.get("elements", []), "scenario.elements", ELEMENT_KEYS))
     raw_connections = scenario.get("connections", [])
-    for key, value in (("elements", raw_elements), ("connections", raw_connections)):
-        if not isinstance(value, list):
-            raise ValidationError(f"scenario.{key}: expected a list.")
+    if not isinstance(raw_connections, list):
+        raise ValidationError("scenario.connections: expected a list.")
     elements: list[Element] = []
-    for i, raw in enumerate(raw_elements):
-        where = f"scenario.elements[{i}]"
-        if not isinstance(raw, dict):
-            raise ValidationError(f"{where}: expected an object.")
-        _refuse_unknown(raw, ELEMENT_KEYS, where)
+    for where, raw in raw_elements:
         request = _index(raw.get("request"), len(steps), f"{where}.request", "a request")
         element = Element(
             workspace_id=integration.workspace_id, integration=integration,
@@ -282,7 +282,7 @@ def _scenario_import(
         if element.kind != Element.Kind.MIRROR:
             _clean(element, f"scenario.elements[{i}]")
             element.save()
-    for i, (raw, element) in enumerate(zip(raw_elements, elements, strict=True)):
+    for i, ((_, raw), element) in enumerate(zip(raw_elements, elements, strict=True)):
         master = _index(
             raw.get("mirror_of"), len(elements), f"scenario.elements[{i}].mirror_of", "an element"
         )
@@ -297,11 +297,9 @@ def _scenario_import(
         if element.kind == Element.Kind.MIRROR:
             _clean(element, f"scenario.elements[{i}]")
             element.save()
-    for i, raw in enumerate(raw_connections):
-        where = f"scenario.connections[{i}]"
-        if not isinstance(raw, dict):
-            raise ValidationError(f"{where}: expected an object.")
-        _refuse_unknown(raw, CONNECTION_KEYS, where)
+    for i, (where, raw) in enumerate(
+        _objects(raw_connections, "scenario.connections", CONNECTION_KEYS)
+    ):
         ends = [_index(raw.get(k), len(elements), f"{where}.{k}", "an element")
                 for k in ("from", "to")]  # fmt: skip
         if None in ends:
