@@ -15,7 +15,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -28,7 +27,7 @@ from unfold.decorators import display
 from integrations.admin import IntegrationAdmin
 from integrations.choices import Meaning, Status
 from integrations.context import sample_context
-from integrations.engine.conditions import SOURCES
+from integrations.engine.conditions import conditions_check
 from integrations.engine.services import (
     EngineError,
     run_cancel,
@@ -45,7 +44,6 @@ from integrations.models import (
     RunStep,
     ScenarioRun,
 )
-from integrations.spec import Operator
 from structures.admin.base import ScopedAdmin, ScopedTabularInline, scoped_related_filter
 from structures.models import Lead
 
@@ -297,41 +295,6 @@ class _ParentWorkspaceFormSet(BaseInlineFormSet):
                 if name not in cache:
                     cache[name] = list(field.choices)
                 field.choices = cache[name]
-
-
-CONDITION_KEYS = ("source", "key_kind", "key", "operator", "value", "value2")
-
-
-def conditions_check(conditions: Any) -> list[dict[str, Any]]:
-    """A connection's conditions as typed by an operator: refused here, naming the
-    mistake, rather than when a run reaches the arrow (an unknown operator or source
-    would stop the step there)."""
-    if conditions in (None, ""):
-        return []
-    example = '[{"source": "outcome", "operator": "equals", "value": "accepted"}]'
-    if not isinstance(conditions, list):
-        raise ValidationError(f"A list of conditions, e.g. {example}; [] means always.")
-    for number, condition in enumerate(conditions, start=1):
-        if not isinstance(condition, dict):
-            raise ValidationError(f"Condition {number}: an object, e.g. {example[1:-1]}.")
-        unknown = sorted(set(condition) - set(CONDITION_KEYS))
-        if unknown:
-            raise ValidationError(
-                f"Condition {number}: unknown setting {', '.join(unknown)}; "
-                f"use {', '.join(CONDITION_KEYS)}."
-            )
-        source = condition.get("source") or "outcome"
-        if source not in SOURCES:
-            raise ValidationError(
-                f"Condition {number}: unknown source {source!r}; use {', '.join(SOURCES)}."
-            )
-        operator = condition.get("operator") or "equals"
-        if operator not in {o.value for o in Operator}:
-            raise ValidationError(
-                f"Condition {number}: unknown operator {operator!r}; use "
-                f"{', '.join(o.value for o in Operator)}."
-            )
-    return conditions
 
 
 class ConnectionForm(forms.ModelForm):

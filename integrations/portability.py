@@ -41,6 +41,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from integrations.engine.conditions import conditions_check
 from integrations.models import (
     Connection,
     Element,
@@ -262,8 +263,6 @@ def _scenario_import(
 ) -> None:
     """The scenario's elements, then their arrows, each validated as the scenario editor
     validates them (settings, conditions), errors naming ``scenario.elements[2]``."""
-    from integrations.admin_engine import conditions_check
-
     raw_elements = list(_objects(scenario.get("elements", []), "scenario.elements", ELEMENT_KEYS))
     raw_connections = scenario.get("connections", [])
     if not isinstance(raw_connections, list):

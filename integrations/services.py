@@ -252,7 +252,7 @@ def log_write(entry: RequestLog) -> None:
         entry.save(force_insert=True)
         return
     sql, params = log_insert_sql(entry)
-    if db.get_autocommit() and not db.in_atomic_block:
+    if own_transaction():
         sql = _log_insert_own_sql_text()
     entry.pk = step_cache.fetch_one(sql, params)[0]
     entry._state.adding = False
@@ -273,6 +273,14 @@ def log_insert_sql_text() -> str:
 # request log rows (here), the engine's step records, a callback's raw request. What
 # that trades: docs/deployment.md, "Durability".
 NO_FLUSH_SOURCE = "(SELECT set_config('synchronous_commit', 'off', true))"
+
+
+def own_transaction() -> bool:
+    """A statement run now is its own transaction (autocommit, no atomic block around
+    it): only then may it select from NO_FLUSH_SOURCE (inside a caller's transaction the
+    setting would cover all of it)."""
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper, looked up once
+    return db.get_autocommit() and not db.in_atomic_block
 
 
 def _log_insert_own_sql_text() -> str:
@@ -301,32 +309,48 @@ def log_insert_sql(entry: RequestLog) -> tuple[str, list[Any]]:
     """PostgreSQL only: ``INSERT ... RETURNING id`` of one log row and its parameters,
     for a caller that writes it inside a larger statement (the scenario engine records
     a step and its call's log row with one commit)."""
+    return log_insert_sql_text(), insert_values(entry, _LOG_PREP)
+
+
+InsertPrep = list[tuple[models.Field, type | None]]
+
+
+def insert_prep(fields: list[models.Field], *, defaults_set: bool = False) -> InsertPrep:
+    """For each field, the Python type whose values its ``get_db_prep_save`` returns
+    unchanged (text as str, integers and keys as int, booleans as bool), or None when the
+    ORM must prepare the value (JSON, dates). A field with a default is prepared by the
+    ORM too, unless ``defaults_set`` (instances built by ``Model.__init__``, whose
+    defaults are values already). Built once per model; used by insert_values."""
+
+    def plain(field: models.Field) -> type | None:
+        if field.has_default() and not defaults_set:
+            return None
+        if isinstance(field, models.CharField | models.TextField):
+            return str
+        if isinstance(field, models.BooleanField):
+            return bool
+        if isinstance(field, models.IntegerField | models.ForeignKey):
+            return int
+        return None
+
+    return [(f, plain(f)) for f in fields]
+
+
+def insert_values(instance: models.Model, prep: InsertPrep) -> list[Any]:
+    """The instance's values for an INSERT, as the ORM would prepare them: a value of
+    its field's plain type (or None) is passed as is, anything else goes through the
+    ORM's ``pre_save`` + ``get_db_prep_save`` (~3 us a field, on every buyer call)."""
     db = connections[DEFAULT_DB_ALIAS]
     params = []
-    for field, plain in _LOG_PREP:
-        value = getattr(entry, field.attname) if plain else None
+    for field, plain in prep:
+        value = getattr(instance, field.attname) if plain else None
         if plain is None or (value is not None and type(value) is not plain):
-            value = field.get_db_prep_save(field.pre_save(entry, True), db)
+            value = field.get_db_prep_save(field.pre_save(instance, True), db)
         params.append(value)
-    return log_insert_sql_text(), params
+    return params
 
 
-def _plain_type(field: models.Field) -> type | None:
-    """The Python type whose values a field's ``get_db_prep_save`` returns unchanged
-    (text as str, integers and keys as int, booleans as bool); None when the ORM must
-    prepare the value (JSON, dates, defaults filled in by ``pre_save``)."""
-    if isinstance(field, models.CharField | models.TextField) and not field.has_default():
-        return str
-    if isinstance(field, models.BooleanField) and not field.has_default():
-        return bool
-    if isinstance(field, models.IntegerField | models.ForeignKey) and not field.has_default():
-        return int
-    return None
-
-
-# The ORM's preparation costs ~3 us a field; a value already of its field's plain type
-# (or None) is passed as is, anything else still goes through the ORM.
-_LOG_PREP = [(f, _plain_type(f)) for f in _LOG_FIELDS]
+_LOG_PREP = insert_prep(_LOG_FIELDS)
 
 
 def request_secret_set(*, step: RequestStep, secret: str | None) -> None:

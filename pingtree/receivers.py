@@ -45,7 +45,11 @@ def outcome(lead: Lead) -> dict[str, Any]:
     from pingtree.models import Distribution
 
     dist = Distribution.objects.filter(lead_id=lead.pk).first()
-    if dist is None and lead.status == LeadStatus.APPROVED and not _sells(lead.workspace_id):
+    if (
+        dist is None
+        and lead.status == LeadStatus.APPROVED
+        and not selectors.workspace_sells_now(lead.workspace_id)
+    ):
         # Never queued (on_lead_accepted): the answer its distribution would have given.
         return {
             "distribution": {
@@ -54,14 +58,6 @@ def outcome(lead: Lead) -> dict[str, Any]:
             }
         }  # fmt: skip
     return {"distribution": services.distribution_decision(dist)}
-
-
-def _sells(workspace_id: int) -> bool:
-    from pingtree import selectors
-    from structures.models import Workspace
-
-    workspace = Workspace.objects.only("created_at", "config_version").get(pk=workspace_id)
-    return selectors.workspace_sells(workspace_id, workspace.config_key)
 
 
 def on_tree_changed(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ from django.utils import timezone
 from pingtree.choices import OfferStatus
 from pingtree.models import Distribution, Offer, OfferResult, PingTree
 from structures.hooks import GateResult
-from structures.models import Lead
+from structures.models import Lead, Workspace
 
 
 def distribution_for_lead(*, lead_id: int) -> Distribution | None:
@@ -69,3 +69,9 @@ def workspace_sells(workspace_id: int, config_key: str) -> bool:
     tree changes (pingtree.receivers): a change is a miss in every process at once, as
     for the intake's own configuration (structures.intake_config)."""
     return PingTree.objects.filter(workspace_id=workspace_id, is_active=True).exists()
+
+
+def workspace_sells_now(workspace_id: int) -> bool:
+    """workspace_sells under the workspace's current configuration key."""
+    workspace = Workspace.objects.only("created_at", "config_version").get(pk=workspace_id)
+    return workspace_sells(workspace_id, workspace.config_key)

@@ -406,19 +406,15 @@ _PING_COLUMNS = {
 _sql_texts: dict[Any, str] = {}
 
 
-def _no_flush() -> bool:
-    """The next statement is its own transaction (autocommit, no atomic block around it):
-    a result row's write then commits without waiting for the WAL flush
-    (``integrations.services.NO_FLUSH_SOURCE``), as a request's log row and a scenario
-    step's record do. A result row says where the offer stands, not what anyone was told:
-    PostgreSQL itself crashing within ~3 x wal_writer_delay could take back the last
-    ones, and only with everything committed after them; the sale, the caps and the
-    decision to the partner commit synchronously, and their flush makes every earlier
-    row durable first. Taken back, the offer is asked again when the distribution is
-    re-driven (at least once, as after a worker killed mid-call)."""
-    return connection.get_autocommit() and not connection.in_atomic_block
-
-
+# A result row's write that is its own transaction (integration_services.own_transaction)
+# commits without waiting for the WAL flush, as a request's log row and a scenario step's
+# record do. A result row says where the offer stands, not what anyone was told:
+# PostgreSQL itself crashing within ~3 x wal_writer_delay could take back the last ones,
+# and only with everything committed after them; the sale, the caps and the decision to
+# the partner commit synchronously, and their flush makes every earlier row durable
+# first. Taken back, the offer is asked again when the distribution is re-driven (at
+# least once, as after a worker killed mid-call).
+_no_flush = integration_services.own_transaction
 _OWN = f"{integration_services.NO_FLUSH_SOURCE} AS own"
 
 
@@ -1045,9 +1041,7 @@ class _Driver:
             # (in flight) from the start, one statement less before the call.
             result = self._open(
                 cand.offer, tier,
-                posting=not pings and (
-                    not self._caps_to_count(cand.offer)
-                ),
+                posting=not pings and not self._caps_to_count(cand.offer),
             )  # fmt: skip
             if pings:
                 started = time.monotonic()
@@ -1816,7 +1810,7 @@ class _Driver:
         buyer_lead_id = str(outcome.captured.get("buyer_lead_id") or row.buyer_lead_id or "")
         counted = Decimal("0") if self.lead.is_test else price
         reason = (outcome.reason or "accepted")[:500]  # the column's length
-        if connection.vendor == "postgresql" and (not self._caps_to_count(offer)):
+        if connection.vendor == "postgresql" and not self._caps_to_count(offer):
             # No cap to settle: the sale and its row in one statement (atomic by itself).
             sold = self._sale_statement(
                 row, exclusive=exclusive, counted=counted, redirect=redirect, values=[

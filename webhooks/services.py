@@ -43,7 +43,7 @@ from integrations.engine import services as engine
 from integrations.engine.registry import Effect, StepCall
 from integrations.models import Integration, RunStep, ScenarioRun
 from integrations.outbound import is_sensitive_header
-from integrations.services import NO_FLUSH_SOURCE
+from integrations.services import NO_FLUSH_SOURCE, own_transaction
 from structures.models import Advertiser, Lead, Workspace
 from webhooks import publish, signing
 from webhooks.models import InboundWebhookRequest, WaitingWebhook, WebhookEndpoint
@@ -510,7 +510,7 @@ def _inbound_insert(values: dict[str, Any]) -> int | None:
     if _portable():
         return _inbound_insert_orm(values)
     # Inside a caller's transaction the setting would cover that whole transaction.
-    sql = _INBOUND_INSERT if connection.in_atomic_block else _INBOUND_INSERT_ASYNC
+    sql = _INBOUND_INSERT_ASYNC if own_transaction() else _INBOUND_INSERT
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         row = cursor.fetchone()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.core.exceptions import ValidationError
+
 from integrations import templating
 
 # The operator semantics of response rules, reused so a connection and a rule never
@@ -22,6 +24,41 @@ from integrations.reading import _apply as apply_condition
 from integrations.spec import Condition, KeyKind, Operator, Source
 
 SOURCES = ("outcome", "reason", "captured", "variable", "field", "constant")
+
+
+CONDITION_KEYS = ("source", "key_kind", "key", "operator", "value", "value2")
+
+
+def conditions_check(conditions: Any) -> list[dict[str, Any]]:
+    """A connection's conditions as typed by an operator: refused here, naming the
+    mistake, rather than when a run reaches the arrow (an unknown operator or source
+    would stop the step there)."""
+    if conditions in (None, ""):
+        return []
+    example = '[{"source": "outcome", "operator": "equals", "value": "accepted"}]'
+    if not isinstance(conditions, list):
+        raise ValidationError(f"A list of conditions, e.g. {example}; [] means always.")
+    for number, condition in enumerate(conditions, start=1):
+        if not isinstance(condition, dict):
+            raise ValidationError(f"Condition {number}: an object, e.g. {example[1:-1]}.")
+        unknown = sorted(set(condition) - set(CONDITION_KEYS))
+        if unknown:
+            raise ValidationError(
+                f"Condition {number}: unknown setting {', '.join(unknown)}; "
+                f"use {', '.join(CONDITION_KEYS)}."
+            )
+        source = condition.get("source") or "outcome"
+        if source not in SOURCES:
+            raise ValidationError(
+                f"Condition {number}: unknown source {source!r}; use {', '.join(SOURCES)}."
+            )
+        operator = condition.get("operator") or "equals"
+        if operator not in {o.value for o in Operator}:
+            raise ValidationError(
+                f"Condition {number}: unknown operator {operator!r}; use "
+                f"{', '.join(o.value for o in Operator)}."
+            )
+    return conditions
 
 
 def _lookup(mapping: Mapping[str, Any], key: str) -> str | None:

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.db.models import Q
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -268,22 +268,8 @@ def _run_plan(
 _RUN_FIELDS = [f for f in ScenarioRun._meta.concrete_fields if not f.primary_key]
 
 
-def _run_plain_type(field: Any) -> type | None:
-    """The type whose values ``field.get_db_prep_save`` returns unchanged (None: JSON,
-    dates and auto_now_add go through the ORM). A run in hand was built by
-    ``Model.__init__``, so its defaults are already values."""
-    if isinstance(field, models.CharField | models.TextField):
-        return str
-    if isinstance(field, models.BooleanField):
-        return bool
-    if isinstance(field, models.IntegerField | models.ForeignKey):
-        return int
-    return None
-
-
-# As for request log rows (services._LOG_PREP): a value of its field's plain type (or
-# None) is passed as is, anything else is prepared by the ORM (~3 us a field).
-_RUN_PREP = [(f, _run_plain_type(f)) for f in _RUN_FIELDS]
+# Runs in hand were built by Model.__init__: their defaults are values already.
+_RUN_PREP = services.insert_prep(_RUN_FIELDS, defaults_set=True)
 # The run this thread started last (committed: run_start's statement is its own
 # transaction): run_drive right after it uses the object in hand instead of reading it
 # back. Only outside a transaction, where the insert is known to be committed.
@@ -313,12 +299,7 @@ def _run_insert(
     flush, as its steps' records do (see _DONE_SET_OWN): its caller is still there to
     see a failure and holds the work's own durable origin. A run left to the workers is
     the only record of its work: that commit waits for the disk."""
-    params: list[Any] = [run.integration_id]
-    for field, plain in _RUN_PREP:
-        value = getattr(run, field.attname)
-        if plain is None or (value is not None and type(value) is not plain):
-            value = field.get_db_prep_save(field.pre_save(run, True), connection)
-        params.append(value)
+    params: list[Any] = [run.integration_id, *services.insert_values(run, _RUN_PREP)]
     params += [version, run.workspace_id, now, now, now]
     start_input = json.dumps({"variables": run.variables})
     for element, output in start_steps:
@@ -333,7 +314,7 @@ def _run_insert(
         run.workspace_id, "running" if claim else "pending", now,
         json.dumps({"outcome": _EMPTY_OUTCOME}), now if claim else None,
     ]  # fmt: skip
-    sql = _run_insert_sql(len(start_steps), len(triples), claim and _own_transaction())
+    sql = _run_insert_sql(len(start_steps), len(triples), claim and services.own_transaction())
     run_id, kid_ids, kid_elements, status, current = step_cache.fetch_one(sql, params)
     if status is None:
         return None
@@ -1183,12 +1164,6 @@ def _done_set(own: bool) -> str:
     return _DONE_SET_OWN if own else _DONE_SET
 
 
-def _own_transaction() -> bool:
-    """A statement run now is its own transaction (autocommit, no atomic block)."""
-    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper, looked up once
-    return db.get_autocommit() and not db.in_atomic_block
-
-
 def _statement(with_log: bool, ctes: list[str], columns: list[str]) -> str:
     """``WITH [lg: the call's log row,] <ctes> SELECT <done count>, <log id>, <columns>``
     (its callers are cached per process and shape)."""
@@ -1284,7 +1259,7 @@ def _record_fast(
         # claimed afresh and must move its lease itself.
         params += [element.id, kid_input_json, claimed_at]
     params.append(run.integration_id)
-    sql = _record_fast_sql(len(next_elements), entry is not None, _own_transaction())
+    sql = _record_fast_sql(len(next_elements), entry is not None, services.own_transaction())
     done, log_id, kid_ids, kid_elements, status, version = step_cache.fetch_one(sql, params)
     if entry is not None:
         entry.pk = log_id
@@ -1357,7 +1332,7 @@ def _record_end_fast(
     # A linear scenario has no other branch: the statement alone is the transaction.
     # Its own transaction either way when the caller has none (the lock's atomic block
     # below is then the outermost one).
-    own = _own_transaction()
+    own = services.own_transaction()
     with transaction.atomic() if not graph.is_linear else contextlib.nullcontext():
         if not graph.is_linear:
             # Another branch may end at the same moment: the lock orders the two, so the
