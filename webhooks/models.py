@@ -162,11 +162,22 @@ class WaitingWebhook(models.Model):
         TIMED_OUT = "timed_out", "Timed out"
         CANCELLED = "cancelled", "Cancelled"
 
+    # Every callback rewrites its waiting row (status is in an index's predicate, so the
+    # update is not HOT and touches every index): no index that another one already
+    # serves. waiting_ws_created and waiting_endpoint_pcid lead with these two.
     workspace = models.ForeignKey(
-        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+        "structures.Workspace",
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name="workspace",
+        db_index=False,
     )
     endpoint = models.ForeignKey(
-        WebhookEndpoint, on_delete=models.CASCADE, related_name="waiting", verbose_name="endpoint"
+        WebhookEndpoint,
+        on_delete=models.CASCADE,
+        related_name="waiting",
+        verbose_name="endpoint",
+        db_index=False,
     )
     run = models.ForeignKey(
         "integrations.ScenarioRun",
@@ -199,6 +210,7 @@ class WaitingWebhook(models.Model):
         blank=True,
         related_name="+",
         verbose_name="advertiser",
+        db_index=False,  # partial index below: pcid pairing leaves it empty
     )
     is_blocking = models.BooleanField(
         "ping tree waits", default=True, help_text="The ping tree waits for this callback."
@@ -225,6 +237,12 @@ class WaitingWebhook(models.Model):
             models.Index(
                 fields=["deadline_at"], condition=Q(status="waiting"), name="waiting_live_deadline"
             ),
+            # For an advertiser's deletion (SET_NULL); only rows paired by external id.
+            models.Index(
+                fields=["advertiser"],
+                condition=Q(advertiser__isnull=False),
+                name="waiting_advertiser",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -246,8 +264,15 @@ class InboundWebhookRequest(models.Model):
         REPLAY = "replay", "Refused (replayed message id)"
         INVALID = "invalid", "Invalid (too large, no identifier)"
 
+    # Written once and updated once per callback: no index that another one already
+    # serves (inbound_ws_time leads with the workspace), and the two links that most
+    # rows leave empty indexed only where set (partial indexes below).
     workspace = models.ForeignKey(
-        "structures.Workspace", on_delete=models.CASCADE, related_name="+", verbose_name="workspace"
+        "structures.Workspace",
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name="workspace",
+        db_index=False,
     )
     endpoint = models.ForeignKey(
         WebhookEndpoint,
@@ -280,6 +305,7 @@ class InboundWebhookRequest(models.Model):
         blank=True,
         related_name="+",
         verbose_name="waiting webhook",
+        db_index=False,
     )
     started_run = models.ForeignKey(
         "integrations.ScenarioRun",
@@ -288,6 +314,7 @@ class InboundWebhookRequest(models.Model):
         blank=True,
         related_name="+",
         verbose_name="started run",
+        db_index=False,
     )
 
     class Meta:
@@ -314,6 +341,15 @@ class InboundWebhookRequest(models.Model):
             # by the sweep. Only such rows are indexed: normally none.
             models.Index(
                 fields=["received_at"], condition=Q(status="received"), name="inbound_stuck"
+            ),
+            # For the deletion of a waiting row or a run (SET_NULL): only rows that have one.
+            models.Index(
+                fields=["waiting"], condition=Q(waiting__isnull=False), name="inbound_waiting"
+            ),
+            models.Index(
+                fields=["started_run"],
+                condition=Q(started_run__isnull=False),
+                name="inbound_started_run",
             ),
         ]
 
