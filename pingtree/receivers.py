@@ -61,11 +61,25 @@ def outcome(lead: Lead) -> dict[str, Any]:
 
 
 def on_tree_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """A ping tree saved or deleted: the workspace's configuration key changes, so
-    ``selectors.workspace_sells`` is read again in every process."""
+    """A ping tree, tier, offer in a tier, offer, cap or integration saved or deleted:
+    the workspace's configuration key changes, so ``selectors.workspace_sells`` and the
+    tree snapshots (``tree_cache``) are read again in every process."""
     from structures.intake_config import config_bump
 
-    config_bump(workspace_id=instance.workspace_id)
+    workspace_id = getattr(instance, "workspace_id", None)
+    if workspace_id is not None:
+        config_bump(workspace_id=workspace_id)
+
+
+def on_tree_links_changed(sender: Any, instance: Any, action: str, **kwargs: Any) -> None:
+    """A tree's partners or structures changed (either side of the relation)."""
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    from structures.intake_config import config_bump
+
+    workspace_id = getattr(instance, "workspace_id", None)
+    if workspace_id is not None:
+        config_bump(workspace_id=workspace_id)
 
 
 def on_lead_accepted(sender: Any, lead_id: int, **kwargs: Any) -> None:
@@ -116,12 +130,22 @@ def connect() -> None:
 
     if services.distribution_await not in hooks.DECISION_WAITERS:
         hooks.DECISION_WAITERS.append(services.distribution_await)
-    from django.db.models.signals import post_delete, post_save
+    from django.db.models.signals import m2m_changed, post_delete, post_save
 
-    from pingtree.models import PingTree
+    from integrations.models import Integration
+    from pingtree.models import Cap, Offer, PingTree, Tier, TierOffer
 
-    for signal in (post_save, post_delete):
-        signal.connect(on_tree_changed, sender=PingTree, dispatch_uid=f"pingtree.tree_{signal}")
+    for model in (PingTree, Tier, TierOffer, Offer, Cap, Integration):
+        for signal in (post_save, post_delete):
+            signal.connect(
+                on_tree_changed,
+                sender=model,
+                dispatch_uid=f"pingtree.config_{model.__name__}_{id(signal)}",
+            )
+    for through in (PingTree.partners.through, PingTree.structures.through):
+        m2m_changed.connect(
+            on_tree_links_changed, sender=through, dispatch_uid=f"pingtree.links_{through.__name__}"
+        )
     hooks.lead_accepted.connect(on_lead_accepted, dispatch_uid="pingtree.lead_accepted")
     hooks.lead_decided.connect(on_lead_decided, dispatch_uid="pingtree.lead_decided")
     run_finished.connect(on_run_finished, dispatch_uid="pingtree.run_finished")

@@ -54,7 +54,7 @@ from integrations.engine import services as engine
 from integrations.engine.graph import graph_get
 from integrations.models import Element, Integration, RequestStep, ScenarioRun
 from pingtree import caps as caps_service
-from pingtree import selectors
+from pingtree import selectors, tree_cache
 from pingtree.choices import (
     DISTRIBUTION_FINISHED,
     CapMetric,
@@ -78,6 +78,7 @@ from pingtree.models import (
     TierOffer,
 )
 from structures.choices import LeadStatus
+from structures.intake_config import config_bump
 from structures.models import Lead, LeadEvent, RefusalPolicy
 
 log = structlog.get_logger(__name__)
@@ -541,6 +542,8 @@ def offer_pause(*, offer: Offer, reason: str, actor: str = "operator") -> bool:
         status=OfferStatus.PAUSED, pause_reason=reason[:300], paused_at=timezone.now()
     )
     if paused:
+        # update() sends no signal: the next lead of every process reads the tree again.
+        config_bump(workspace_id=offer.workspace_id)
         log.warning("pingtree.offer_paused", offer_id=offer.pk, reason=reason, actor=actor)
         offer.refresh_from_db(fields=["status", "pause_reason", "paused_at"])
     return bool(paused)
@@ -550,24 +553,31 @@ def offer_resume(*, offer: Offer, actor: str = "operator") -> Offer:
     """Resume a paused offer: active again, its error streak forgotten."""
     if offer.status != OfferStatus.PAUSED:
         raise OfferStateError(f"The offer is {offer.get_status_display().lower()}, not paused.")
-    Offer.objects.filter(pk=offer.pk, status=OfferStatus.PAUSED).update(
+    if Offer.objects.filter(pk=offer.pk, status=OfferStatus.PAUSED).update(
         status=OfferStatus.ACTIVE, pause_reason="", paused_at=None, consecutive_error_count=0
-    )
+    ):
+        config_bump(workspace_id=offer.workspace_id)
     log.info("pingtree.offer_resumed", offer_id=offer.pk, actor=actor)
     offer.refresh_from_db(fields=["status", "pause_reason", "paused_at", "consecutive_error_count"])
     return offer
 
 
 def _offer_health_record(*, offer: Offer, failed: bool) -> None:
-    """N consecutive post errors or timeouts pause the offer; any answer resets the count."""
+    """N consecutive post errors or timeouts pause the offer; any answer resets the count.
+
+    The count in memory is the one of the workspace's tree snapshot (pingtree.tree_cache):
+    every change of it bumps the workspace's configuration version, so the next lead
+    reads it afresh. A success with no errors counted writes nothing."""
     if not failed:
         if offer.consecutive_error_count:
             Offer.objects.filter(pk=offer.pk).update(consecutive_error_count=0)
             offer.consecutive_error_count = 0
+            config_bump(workspace_id=offer.workspace_id)
         return
     Offer.objects.filter(pk=offer.pk).update(
         consecutive_error_count=F("consecutive_error_count") + 1
     )
+    config_bump(workspace_id=offer.workspace_id)
     if offer.auto_pause_after <= 0:
         return
     count = Offer.objects.filter(pk=offer.pk).values_list("consecutive_error_count", flat=True)[0]
@@ -582,16 +592,15 @@ def _offer_health_record(*, offer: Offer, failed: bool) -> None:
 # --- trees and distributions --------------------------------------------------------------
 
 
-def tree_for_lead(lead: Lead) -> PingTree | None:
+def tree_for_lead(lead: Lead, *, workspace_fresh: bool = False) -> PingTree | None:
     """The active tree serving the lead: one listing its partner, else its structure,
-    else the workspace's default tree."""
-    trees = PingTree.objects.filter(workspace_id=lead.workspace_id, is_active=True)
-    if lead.partner_id:
-        tree = trees.filter(partners=lead.partner_id).order_by("id").first()
-        if tree:
-            return tree
-    tree = trees.filter(structures=lead.structure_id).order_by("id").first()
-    return tree or trees.filter(is_default=True).first()
+    else the workspace's default tree. From the workspace's trees as of its current
+    configuration version (pingtree.tree_cache): the instance is shared, read only.
+    ``workspace_fresh``: ``lead.workspace`` was read with the lead just now, so its
+    version is current; otherwise the version is read (one small query)."""
+    workspace = lead.workspace if workspace_fresh else tree_cache.workspace_now(lead.workspace_id)
+    snapshot = tree_cache.tree_serving(workspace, lead.partner_id, lead.structure_id)
+    return snapshot.tree if snapshot is not None else None
 
 
 def distribution_ensure(*, lead: Lead) -> Distribution:
@@ -783,8 +792,8 @@ def _distribution_create_claimed(*, lead: Lead) -> Distribution | None:
     """The lead's distribution created already claimed by this driver (running, attempt
     1, its lease): what distribution_ensure + _claim would leave, in one INSERT. None
     when it exists already (the unique lead key) or no tree serves the lead: the caller
-    takes the general path."""
-    tree = tree_for_lead(lead)
+    takes the general path. The lead was read with its workspace just now."""
+    tree = tree_for_lead(lead, workspace_fresh=True)
     if tree is None:
         return None
     now = timezone.now()
@@ -873,6 +882,10 @@ class _Driver:
         self.results: dict[int, OfferResult] = (
             {} if fresh else {r.offer_id: r for r in OfferResult.objects.filter(distribution=dist)}
         )
+        # The tree's tiers and offers as of the workspace's configuration version, read
+        # with the lead (None: the tree is no longer active; then read as it is now).
+        # Every caller of _drive reads the lead with its workspace just before.
+        self.snapshot = tree_cache.tree_snapshot(lead.workspace, dist.tree_id)
         self.finished = False
         self.external_checks: dict[str, bool] = {}
         self._ping_cache: dict[int, bool] = {}
@@ -885,16 +898,12 @@ class _Driver:
             if self._settle_in_flight():
                 return
             if self.dist.sold_count == 0:
-                for tier in (
-                    Tier.objects.filter(tree=self.tree).order_by("position", "id")
-                    if self.tree
-                    else []
-                ):
+                for tier, tier_offers in self._tiers():
                     if self._time_up():
                         break
                     # Only this driver's attempt can sell (every sale is conditional on
                     # it), and _sale counts each in memory: no need to read them back.
-                    self._tier_run(tier)
+                    self._tier_run(tier, tier_offers)
                     if self.dist.sold_count:
                         break  # the first tier that sells ends the tree
             if (
@@ -907,6 +916,16 @@ class _Driver:
             self._finish()
         except _Stop:
             return
+
+    def _tiers(self) -> list[tuple[Tier, tuple[TierOffer, ...] | None]]:
+        """The tree's tiers in order, each with its offers when the snapshot has them
+        (None: the tier reads them itself)."""
+        if self.snapshot is not None:
+            return [(t.tier, t.tier_offers) for t in self.snapshot.tiers]
+        if self.tree is None:
+            return []
+        tiers = Tier.objects.filter(tree=self.tree).order_by("position", "id")
+        return [(tier, None) for tier in tiers]
 
     def _time_up(self) -> bool:
         return _seconds_left(self.until) <= MIN_CALL_SECONDS
@@ -949,18 +968,25 @@ class _Driver:
             until = min(until, started + timedelta(seconds=tier.deadline_seconds))
         return until
 
-    def _tier_run(self, tier: Tier) -> None:
+    def _tier_run(self, tier: Tier, tier_offers: tuple[TierOffer, ...] | None = None) -> None:
         until = self._tier_until(tier)
         self._tier_resume(tier, until)
         if self.dist.sold_count:
             return
+        if tier_offers is None:
+            tier_offers = tuple(
+                tier.tier_offers.select_related("offer__integration")
+                .prefetch_related("offer__caps")
+                .order_by("priority", "id")
+            )
         candidates = [
-            _Candidate(offer=to.offer, priority=to.priority, weight=to.weight)
-            for to in tier.tier_offers.select_related("offer__integration")
-            .prefetch_related("offer__caps")
-            .order_by("priority", "id")
+            # The snapshot's offers are shared by every driver of this process: each
+            # works on its own copy (the health record and a pause change it).
+            _Candidate(offer=tree_cache.offer_copy(to.offer), priority=to.priority,
+                       weight=to.weight)
+            for to in tier_offers
             if to.offer_id not in self.results
-        ]
+        ]  # fmt: skip
         eligible: list[_Candidate] = []
         for cand in candidates:
             why = self._ineligible(cand.offer, tier)
