@@ -30,6 +30,7 @@ engine (``run_start`` / ``run_drive``) and the row links its run. What the row r
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import random
 import threading
@@ -43,8 +44,16 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import structlog
-from django.db import IntegrityError, close_old_connections, connection, models, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    models,
+    transaction,
+)
 from django.db.models import F, Q
+from django.db.models.query import get_related_populators
 from django.utils import timezone
 
 from integrations import services as integration_services
@@ -772,7 +781,9 @@ def distribution_run(*, distribution_id: int, budget_seconds: float | None = Non
     dist = _claim(distribution_id)
     if dist is None:
         return Distribution.objects.get(pk=distribution_id)
-    lead = Lead.objects.select_related("workspace", "partner", "structure").get(pk=dist.lead_id)
+    lead = _lead_read(dist.lead_id)
+    if lead is None:
+        raise Lead.DoesNotExist(f"lead {dist.lead_id}")
     return _drive(dist, lead, budget_seconds=budget_seconds, fresh=False)
 
 
@@ -821,13 +832,50 @@ def _distribution_create_claimed(*, lead: Lead) -> Distribution | None:
     return dist
 
 
+_LEAD_RELATIONS = ("workspace", "partner", "structure")
+
+
+@functools.cache
+def _lead_query() -> tuple[Any, ...]:
+    """The statement of ``Lead.objects.select_related(*_LEAD_RELATIONS).filter(pk=...)``
+    and what the ORM needs to build its objects from a row, taken from Django's own
+    compiler once per process: compiling that three-join query cost ~3 ms of CPU for
+    every lead distributed, ~0.1 ms running it (bench-pingtree)."""
+    query = Lead.objects.select_related(*_LEAD_RELATIONS).filter(pk=-1).query
+    compiler = query.get_compiler(DEFAULT_DB_ALIAS)
+    sql, params = compiler.as_sql()
+    if list(params) != [-1]:
+        raise RuntimeError(f"unexpected parameters of the lead query: {params}")
+    select, klass_info = compiler.select, compiler.klass_info
+    start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
+    init_list = [column[0].target.attname for column in select[start:end]]
+    populators = get_related_populators(klass_info, select, DEFAULT_DB_ALIAS)
+    converters = compiler.get_converters([column[0] for column in select])
+    return compiler, sql, start, end, init_list, populators, converters
+
+
+def _lead_read(lead_id: int) -> Lead | None:
+    """The lead with its workspace, partner and structure, as the ORM builds them with
+    ``select_related`` (same objects, same values, its converters applied), read with
+    the statement compiled once (_lead_query). The workspace's configuration version
+    is then current: the tree snapshot is chosen by it."""
+    compiler, sql, start, end, init_list, populators, converters = _lead_query()
+    row = step_cache.fetch_one(sql, [lead_id])
+    if row is None:
+        return None
+    if converters:
+        row = next(iter(compiler.apply_converters([row], converters)))
+    lead = Lead.from_db(DEFAULT_DB_ALIAS, init_list, row[start:end])
+    for populator in populators:
+        populator.populate(row, lead)
+    return lead
+
+
 def distribution_for_lead_run(*, lead_id: int) -> Distribution | None:
     """The task's entry point by lead: ensure and drive. An approved lead is distributed;
     a pending one only through the refusal policy's ping tree gate; a rejected one when
     the policy processes refused leads (without paying the partner)."""
-    lead = (
-        Lead.objects.select_related("workspace", "partner", "structure").filter(pk=lead_id).first()
-    )
+    lead = _lead_read(lead_id)
     if lead is None:
         return None
     if lead.status == LeadStatus.REJECTED:

@@ -173,3 +173,30 @@ def test_drivers_never_change_the_shared_snapshot(tree, buyers):
     broken.refresh_from_db()
     assert broken.status == "paused"  # auto-paused after 2, as without the snapshot
     assert results(distribute(tree.lead(2)))["Broken"].status == "skipped"
+
+
+def _values(obj: Any) -> dict[str, Any]:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+def test_the_lead_is_read_as_the_orm_builds_it(tree, django_assert_num_queries):
+    """distribution_for_lead_run reads the lead with a statement compiled once per
+    process (services._lead_read): the same objects and values as select_related."""
+    from structures.models import Lead
+
+    with_partner = tree.lead(0)
+    without = Lead.objects.create(
+        workspace=tree.ws, structure=tree.setup.structure, source="api", status="approved",
+        data={"g_email": "solo@example.com", "nested": {"a": [1, "x"]}},
+    )  # fmt: skip
+    for lead in (with_partner, without):
+        orm = Lead.objects.select_related("workspace", "partner", "structure").get(pk=lead.pk)
+        with django_assert_num_queries(1):
+            fast = services._lead_read(lead.pk)
+            related = (fast.workspace, fast.partner, fast.structure)
+        assert _values(fast) == _values(orm)
+        for ours, theirs in zip(related, (orm.workspace, orm.partner, orm.structure), strict=True):
+            assert (ours is None) == (theirs is None)
+            if ours is not None:
+                assert _values(ours) == _values(theirs)
+    assert services._lead_read(10**12) is None
