@@ -72,14 +72,10 @@ def on_tree_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
 
 
 def on_tree_links_changed(sender: Any, instance: Any, action: str, **kwargs: Any) -> None:
-    """A tree's partners or structures changed (either side of the relation)."""
-    if action not in ("post_add", "post_remove", "post_clear"):
-        return
-    from structures.intake_config import config_bump
-
-    workspace_id = getattr(instance, "workspace_id", None)
-    if workspace_id is not None:
-        config_bump(workspace_id=workspace_id)
+    """A tree's partners or structures changed (either side of the relation: a tree, a
+    partner or a structure, each of the workspace)."""
+    if action in ("post_add", "post_remove", "post_clear"):
+        on_tree_changed(sender, instance)
 
 
 def on_lead_accepted(sender: Any, lead_id: int, **kwargs: Any) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from pingtree import tree_cache
 from pingtree.choices import OfferStatus
-from pingtree.models import Distribution, Offer, OfferResult, PingTree
+from pingtree.models import Distribution, Offer, OfferResult
 from structures.hooks import GateResult
-from structures.models import Lead, Workspace
+from structures.models import Lead
 
 
 def distribution_for_lead(*, lead_id: int) -> Distribution | None:
@@ -62,16 +61,14 @@ def lead_filters_pass(*, lead: Lead) -> GateResult:
 NO_TREE_REASON = "No active ping tree serves this lead."
 
 
-@lru_cache(maxsize=1024)
 def workspace_sells(workspace_id: int, config_key: str) -> bool:
-    """Whether the workspace has an active ping tree, cached per process under its
-    configuration key (``Workspace.config_key``), which every save and delete of a ping
-    tree changes (pingtree.receivers): a change is a miss in every process at once, as
-    for the intake's own configuration (structures.intake_config)."""
-    return PingTree.objects.filter(workspace_id=workspace_id, is_active=True).exists()
+    """Whether the workspace has an active ping tree, from its trees as kept per process
+    under its configuration key (pingtree.tree_cache), which every save and delete of a
+    ping tree changes (pingtree.receivers): a change is a miss in every process at once,
+    as for the intake's own configuration (structures.intake_config)."""
+    return bool(tree_cache.workspace_trees(workspace_id, config_key).trees)
 
 
 def workspace_sells_now(workspace_id: int) -> bool:
     """workspace_sells under the workspace's current configuration key."""
-    workspace = Workspace.objects.only("created_at", "config_version").get(pk=workspace_id)
-    return workspace_sells(workspace_id, workspace.config_key)
+    return workspace_sells(workspace_id, tree_cache.workspace_now(workspace_id).config_key)

@@ -49,11 +49,10 @@ def celery_eager() -> Iterator[None]:
 def clear_cache() -> Iterator[None]:
     from django.core.cache import cache
 
-    from pingtree import selectors, tree_cache
+    from pingtree import tree_cache
     from structures import intake_config
 
     cache.clear()
     intake_config.cache_clear()
     tree_cache.cache_clear()
-    selectors.workspace_sells.cache_clear()
     yield
