@@ -363,7 +363,7 @@ def breakdown(step: Any, lead: Any, n: int) -> dict[str, float]:
         t5 = clock()
         services._log(step, lead, "send", built, result, outcome, True)
         t6 = clock()
-        services.log.info(
+        services.log.debug(
             "integration.request", integration_id=step.integration_id, request_id=step.pk,
             sent=True, outcome=outcome.kind, ms=result.elapsed_ms,
             **outbound.log_fields(result),

@@ -16,6 +16,9 @@ def configure_logging(*, log_format: str, level: str) -> dict[str, Any]:
     ]
     structlog.configure(
         processors=[
+            # First: a call below the level costs one isEnabledFor, not the whole chain
+            # (the ping tree's per-call debug lines, django-structlog's filtered ones).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -149,9 +149,12 @@ def request_run(
     )
     # One line per call: the integration's fields and, when it was sent, the send's
     # (outbound.log_fields: method, masked URLs, status, time, error), which
-    # outbound.send did not write on its own.
+    # outbound.send did not write on its own. A warning when the exchange failed; else
+    # debug: the request log row is the record of every call, and a ping tree makes
+    # several calls per lead (LOG_LEVEL=DEBUG shows them all).
+    failed = result is not None and not result.ok
     sent_fields = outbound.log_fields(result) if result is not None else {"status": None}
-    (log.warning if result is not None and not result.ok else log.info)(
+    (log.warning if failed else log.debug)(
         "integration.request",
         integration_id=integration.pk,
         request_id=step.pk,
@@ -310,6 +313,43 @@ def log_insert_sql(entry: RequestLog) -> tuple[str, list[Any]]:
     for a caller that writes it inside a larger statement (the scenario engine records
     a step and its call's log row with one commit)."""
     return log_insert_sql_text(), insert_values(entry, _LOG_PREP)
+
+
+_log_insert_many_sql: str | None = None
+
+
+def log_insert_many_sql_text() -> str:
+    """PostgreSQL only: an INSERT of any number of log rows, for a caller that writes
+    them inside a larger statement (the ping tree's settled pings), with
+    ``log_insert_many_params``: one array per column, the rows inserted in their order,
+    ``RETURNING id``. The text does not depend on the number of rows, so psycopg parses
+    it and PostgreSQL plans it once per process and connection (one row's statement
+    repeated per row would be parsed on every call: psycopg caches only statements
+    under 4 KB and 50 parameters). The ids come back in any order; sorted, they are the
+    rows' order (one statement takes its ids from the sequence in the order it inserts)."""
+    global _log_insert_many_sql
+    if _log_insert_many_sql is None:
+        q = connection.ops.quote_name
+        columns = ", ".join(q(f.column) for f in _LOG_FIELDS)
+        names = ", ".join(f"c{i}" for i in range(len(_LOG_FIELDS)))
+        # Binary arrays (%b): psycopg's text format escapes every element of a text
+        # array with a regular expression, which for JSON bodies cost more than the rest
+        # of the statement together.
+        arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in _LOG_FIELDS)
+        _log_insert_many_sql = (
+            f"INSERT INTO {q(RequestLog._meta.db_table)} ({columns}) "  # noqa: S608
+            f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS e({names}, ord) "
+            f"ORDER BY e.ord RETURNING {q('id')}"
+        )
+    return _log_insert_many_sql
+
+
+def log_insert_many_params(entries: list[RequestLog]) -> list[list[Any]]:
+    """The parameters of log_insert_many_sql_text for these rows: one list per column."""
+    rows = [insert_values(entry, _LOG_PREP) for entry in entries]
+    return (
+        [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in _LOG_FIELDS]
+    )
 
 
 InsertPrep = list[tuple[models.Field, type | None]]

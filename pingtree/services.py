@@ -1657,61 +1657,45 @@ class _Driver:
             for row in rows:
                 _results_set([row.pk], {name: getattr(row, name) for name in names})
             return
-        deferred = tuple(e is not None and e.pk is None for e in entries)
+        deferred = [e is not None and e.pk is None for e in entries]
         own = _no_flush()
-        key = ("pings", deferred, own)
+        key = ("pings", own)
         sql = _sql_texts.get(key)
         if sql is None:
+            # One text for any number of rows and deferred log rows (psycopg parses it
+            # and PostgreSQL plans it once): the logs inserted from arrays (none when
+            # every call wrote its own), each linked to its result row by its rank.
             q = connection.ops.quote_name
-            sets = ", ".join(f"{q(name)} = v.{q(name)}" for name in names)
-            arrays = []
-            for name, kind in _PING_COLUMNS.items():
-                if name == "ping_log_id" and any(deferred):
-                    items = ", ".join(
-                        f"(SELECT id FROM l{i})" if d else "%s::bigint"  # noqa: S608
-                        for i, d in enumerate(deferred)
-                    )
-                    arrays.append(f"ARRAY[{items}]::bigint[]")
-                else:
-                    arrays.append(f"%s::{kind}[]")
-            update = (
-                f"UPDATE {q(OfferResult._meta.db_table)} AS r SET {sets} "  # noqa: S608
-                f"FROM unnest(%s::bigint[], {', '.join(arrays)}) AS v(id, {', '.join(names)})"
-                f"{f', {_OWN}' if own else ''} WHERE r.id = v.id"
+            sets = ", ".join(f"{q(name)} = v.{q(name)}" for name in names if name != "ping_log_id")
+            arrays = ", ".join(f"%b::{kind}[]" for kind in _PING_COLUMNS.values())
+            sql = _sql_texts[key] = (
+                f"WITH lg AS ({integration_services.log_insert_many_sql_text()}), "  # noqa: S608
+                "li AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM lg), "
+                f"u AS (UPDATE {q(OfferResult._meta.db_table)} AS r SET {sets}, "
+                "ping_log_id = COALESCE(li.id, v.ping_log_id) "
+                f"FROM unnest(%s::bigint[], {arrays}, %s::bigint[]) "
+                f"AS v(id, {', '.join(names)}, n) LEFT JOIN li ON li.n = v.n"
+                f"{f' CROSS JOIN {_OWN}' if own else ''} WHERE r.id = v.id RETURNING 1) "
+                "SELECT id FROM li ORDER BY n"
             )
-            if any(deferred):
-                logs = ", ".join(
-                    f"l{i} AS ({integration_services.log_insert_sql_text()})"
-                    for i, d in enumerate(deferred)
-                    if d
-                )
-                ids = ", ".join(
-                    f"(SELECT id FROM l{i})"  # noqa: S608
-                    for i, d in enumerate(deferred)
-                    if d
-                )
-                update = f"WITH {logs}, u AS ({update} RETURNING 1) SELECT {ids}"  # noqa: S608
-            sql = _sql_texts[key] = update
-        params: list[Any] = []
-        for entry, d in zip(entries, deferred, strict=True):
-            if d:
-                params += integration_services.log_insert_sql(entry)[1]
+        logs = [e for e, d in zip(entries, deferred, strict=True) if d]
+        params: list[Any] = integration_services.log_insert_many_params(logs)
         params.append([row.pk for row in rows])
-        for name in names:
-            if name == "ping_log_id" and any(deferred):
-                params += [row.ping_log_id for row, d in zip(rows, deferred, strict=True) if not d]
-            else:
-                params.append([getattr(row, name) for row in rows])
+        params += [[getattr(row, name) for row in rows] for name in names]
+        ranks, n = [], 0
+        for d in deferred:
+            n += d
+            ranks.append(n if d else None)
+        params.append(ranks)
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
-                ids = cursor.fetchone() if any(deferred) else ()
+                ids = [r[0] for r in cursor.fetchall()]
         except Exception:
             # Every call is logged, whatever became of recording the answers.
-            for entry, d in zip(entries, deferred, strict=True):
-                if d:
-                    with contextlib.suppress(Exception):
-                        integration_services.log_write(entry)
+            for entry in logs:
+                with contextlib.suppress(Exception):
+                    integration_services.log_write(entry)
             raise
         written = iter(ids)
         for row, entry, d in zip(rows, entries, deferred, strict=True):

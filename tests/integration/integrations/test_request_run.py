@@ -216,6 +216,8 @@ def test_a_call_writes_one_log_line_with_the_send_and_the_outcome_masked(lead_se
 
     assert [line["event"] for line in lines] == ["integration.request"]
     (line,) = lines
+    # The request log row is the record of every call: an answered call's line is debug.
+    assert line["log_level"] == "debug"
     assert (line["integration_id"], line["request_id"]) == (step.integration_id, step.pk)
     assert (line["outcome"], line["status"], line["method"], line["sent"]) == (
         "accepted", 200, "POST", True
@@ -235,3 +237,23 @@ def test_a_call_not_sent_still_writes_its_one_line(lead_setup, step, buyer):
     assert [(line["event"], line["sent"], line["status"]) for line in lines] == [
         ("integration.request", False, None)
     ]
+
+
+def test_a_failed_exchange_is_a_warning_line(lead_setup, step):
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    RequestStep.objects.filter(pk=step.pk).update(url=f"http://127.0.0.1:{port}/leads")
+    step.refresh_from_db()
+    lead = _lead(lead_setup)
+
+    with structlog.testing.capture_logs() as lines:
+        run = services.request_run(step=step, context=lead_context(lead), lead=lead)
+
+    assert run.outcome.kind == "error"
+    assert [(line["event"], line["log_level"]) for line in lines] == [
+        ("integration.request", "warning")
+    ]
+    assert lines[0]["error_kind"]
