@@ -527,3 +527,38 @@ def test_each_call_reads_its_integrations_state_once(tree, buyers, call_path):
         assert len(reads) == 2, reads  # the ping's, the post's
     else:
         assert 1 <= len(reads) <= 2, reads  # the engine reads its own in the pool thread
+
+
+def test_a_waterfall_post_reads_its_integrations_state_with_its_row(tree, buyers, call_path):
+    """A post that needs no ping reads the integration's state in the statement that
+    opens its row (no separate read), and that read is live: an integration switched off
+    without a save signal (so no cached tree is refreshed) is not called."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from integrations.models import Integration
+
+    first = tree.offer("First", post=buyers.json("/a", "rejected", reason="no"))
+    second = tree.offer("Second", post=buyers.json("/b"))
+    tree.tier("waterfall", first, second)
+    with CaptureQueriesContext(connection) as queries:
+        dist = distribute(tree.lead())
+    assert dist.status == "sold" and buyers.total("/a") == buyers.total("/b") == 1
+    alone = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith('SELECT "status", "config_version" FROM "integrations_integration"')
+    ]
+    with_row = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith("WITH r AS (INSERT INTO") and "integrations_integration" in q["sql"]
+    ]
+    if call_path == "direct":
+        assert (len(alone), len(with_row)) == (0, 2), (alone, with_row)
+
+    Integration.objects.filter(pk=second.integration_id).update(status="disabled")
+    dist = distribute(tree.lead())
+    assert dist.status == "unsold" and buyers.total("/b") == 1
+    row = OfferResult.objects.get(distribution=dist, offer=second)
+    assert "disabled" in row.reason
