@@ -424,15 +424,24 @@ def _parse(url: str) -> Url:
     if host.startswith(("*", ".")):
         raise InvalidURLError(f"invalid URL: host {host!r} is not a valid name")
     try:
-        ip = ipaddress.ip_address(host)
+        reason = _address_refusal(host, _allowlist())
     except ValueError:
         labels = host.lower().rstrip(".").split(".")
         if all(_NUMERIC_LABEL_RE.fullmatch(label) for label in labels):
             raise SSRFError(f"host {host!r} is a non-canonical IP address spelling") from None
         return parsed
-    if reason := refusal_reason(ip):
+    if reason:
         raise SSRFError(reason)
     return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_refusal(text: str, allowlist: tuple[IPNetwork, ...]) -> str | None:
+    """``refusal_reason`` of an address written as text (ValueError when it is not one),
+    remembered with the allowlist it was judged under: a worker checks the same few
+    buyer addresses on every call, twice (the URL's host, the reused connection's peer),
+    and parsing the text was most of the check."""
+    return refusal_reason(ipaddress.ip_address(text))
 
 
 # urllib3's parser is a pure function of the text and returns an immutable Url; a worker
@@ -663,7 +672,7 @@ class _GuardedConnectionMixin:
         if self.sock is not None:
             with contextlib.suppress(OSError):  # a dead socket fails on its own
                 peer = self.sock.getpeername()[0]
-                if reason := refusal_reason(ipaddress.ip_address(peer)):
+                if reason := _address_refusal(peer, _allowlist()):
                     raise SSRFError(reason)
         self._coalescing = isinstance(body, bytes) and 0 < len(body) <= _COALESCE_MAX_BYTES
         self._head = None

@@ -200,3 +200,37 @@ def test_the_lead_is_read_as_the_orm_builds_it(tree, django_assert_num_queries):
             if ours is not None:
                 assert _values(ours) == _values(theirs)
     assert services._lead_read(10**12) is None
+
+
+def test_the_distribution_is_inserted_as_the_orm_saves_it(tree):
+    """The claimed distribution's lean insert (services._distribution_insert) stores the
+    same values as ``save(force_insert=True)`` of the same instance, and a second one for
+    the lead is refused by the unique lead key as the ORM's would be."""
+    from django.db import IntegrityError, transaction
+    from django.utils import timezone
+
+    from pingtree.models import Distribution
+
+    at = timezone.now()
+
+    def build(lead):
+        return Distribution(
+            workspace_id=lead.workspace_id, lead=lead, tree=tree.tree, is_test=lead.is_test,
+            status="running", attempt=1, lease_until=at, next_check_at=at, started_at=at,
+            deadline_at=at,
+        )  # fmt: skip
+
+    ours, theirs = build(tree.lead(0)), build(tree.lead(1))
+    services._distribution_insert(ours)
+    theirs.save(force_insert=True)
+    assert ours.pk and not ours._state.adding
+    stored = {d.pk: _values(d) for d in Distribution.objects.filter(pk__in=[ours.pk, theirs.pk])}
+    skip = {"id", "lead_id", "created_at", "updated_at"}
+    assert {k: v for k, v in stored[ours.pk].items() if k not in skip} == {
+        k: v for k, v in stored[theirs.pk].items() if k not in skip
+    }
+    assert {k: v for k, v in _values(ours).items() if k != "id"} == {
+        k: v for k, v in stored[ours.pk].items() if k != "id"
+    }
+    with pytest.raises(IntegrityError), transaction.atomic():
+        services._distribution_insert(build(ours.lead))

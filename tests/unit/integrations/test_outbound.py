@@ -456,6 +456,20 @@ def test_loopback_is_refused_unless_allowlisted(server, allow):
     assert len(server.log) == 1
 
 
+def test_an_address_allowed_once_is_judged_again_when_the_allowlist_changes(server, connections):
+    """The check of an address is remembered with the allowlist it was made under."""
+    connections.allowed_networks = [ipaddress.ip_network(c) for c in LOOPBACK]  # phase one
+    server.expect_request("/").respond_with_data("local")
+
+    with allowed_networks(LOOPBACK):
+        allowed = send(OutboundRequest("GET", server.url_for("/")))
+    refused = send(OutboundRequest("GET", server.url_for("/")))
+
+    assert allowed.status_code == 200
+    assert (refused.error_kind, refused.error_code) == (ErrorKind.PERMANENT, ErrorCode.SSRF)
+    assert len(server.log) == 1
+
+
 def test_allowlist_is_read_from_settings(server, settings_stub, connections):
     settings_stub.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8"]
     connections.allowed_networks = [ipaddress.ip_network("127.0.0.0/8")]
