@@ -716,11 +716,13 @@ _EVENT_FIELDS = [f for f in LeadEvent._meta.concrete_fields if not f.primary_key
 
 
 def _finish_statement(
-    dist: Distribution, final: dict[str, Any], left: dict[str, Any] | None, event: LeadEvent
-) -> bool:
+    dist: Distribution, final: dict[str, Any], left: dict[str, Any] | None, event: LeadEvent,
+    *, lead_id: int, rejected: bool,
+) -> tuple[bool, str | None]:  # fmt: skip
     """PostgreSQL: finish the distribution (only while it is still our attempt and
-    running), close the rows left open (``left``) and write the history entry, in one
-    statement. True when it finished."""
+    running, and the lead is rejected or not as ``rejected`` says: the payout was
+    computed so), close the rows left open (``left``) and write the history entry, in
+    one statement. (True when it finished, the lead's status now.)"""
     key = ("finish", tuple(final), left is not None)
     sql = _sql_texts.get(key)
     q = connection.ops.quote_name
@@ -731,7 +733,9 @@ def _finish_statement(
         )
         parts = [
             f"d AS (UPDATE {q(Distribution._meta.db_table)} SET {sets} "  # noqa: S608
-            "WHERE id = %s AND attempt = %s AND status = 'running' RETURNING id)"
+            "WHERE id = %s AND attempt = %s AND status = 'running' "
+            f"AND EXISTS (SELECT 1 FROM {q(Lead._meta.db_table)} "
+            f"WHERE id = %s AND (status = '{LeadStatus.REJECTED.value}') = %s) RETURNING id)"
         ]
         if left is not None:
             parts.append(
@@ -745,18 +749,23 @@ def _finish_statement(
             f"e AS (INSERT INTO {q(LeadEvent._meta.db_table)} ({columns}) "  # noqa: S608
             f"SELECT {values} FROM d)"
         )
-        sql = _sql_texts[key] = "WITH " + ", ".join(parts) + " SELECT count(*) FROM d"  # noqa: S608
+        sql = _sql_texts[key] = (
+            "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM d), "  # noqa: S608
+            f"(SELECT status FROM {q(Lead._meta.db_table)} WHERE id = %s)"
+        )
     params: list[Any] = [
         f.get_db_prep_save(value, connection)
         for f, value in zip(dist_fields, final.values(), strict=True)
     ]
-    params += [dist.pk, dist.attempt]
+    params += [dist.pk, dist.attempt, lead_id, rejected]
     if left is not None:
         params += [left["status"], str(left["reason"])[:500], left["finished_at"], dist.pk]
     params += [f.get_db_prep_save(f.pre_save(event, True), connection) for f in _EVENT_FIELDS]
+    params.append(lead_id)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return bool(cursor.fetchone()[0])
+        done, status = cursor.fetchone()
+    return bool(done), status
 
 
 def _claim(dist_id: int) -> Distribution | None:
@@ -2144,57 +2153,72 @@ class _Driver:
         dist = self.dist
         sold = dist.sold_count > 0
         revenue = Decimal("0") if dist.is_test else dist.revenue
-        payout = Decimal("0")
-        # Read now: the refusal policy may have rejected the lead meanwhile (no payout).
-        lead_status = _lead_status(self.lead.pk)
-        if sold and self.tree and lead_status != LeadStatus.REJECTED:
-            payout = (revenue * self.tree.payout_percent / 100).quantize(CENT, ROUND_HALF_UP)
         if sold:
             reason = ""
         elif _seconds_left(self.deadline) <= MIN_CALL_SECONDS and self._left_untried():
             reason = "The ping tree's deadline passed before a buyer bought the lead."
         else:
             reason = self._unsold_reason()
-        now = timezone.now()
-        final = {
-            "status": DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
-            "reason": reason[:500],
-            "revenue": revenue,
-            "payout": payout,
-            "margin": revenue - payout,
-            "finished_at": now,
-            "lease_until": None,
-            "next_check_at": None,
-        }
         # Valid bids never posted (the lead sold first, or the time ran out).
         open_rows = [r for r in self.results.values() if r.finished_at is None]
-        left = {
-            "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
-            "reason": "not posted: the lead was sold" if sold else "not posted in time",
-            "finished_at": now,
-        }
+        buyers = ""
         if sold:
             buyers = ", ".join(str(r.offer) for r in self._rows_with_offers() if r.is_sold)
-            event = _history_row(
-                dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
-                {"revenue": str(revenue), "payout": str(payout)},
+        pg = connection.vendor == "postgresql"
+        # The refusal policy may have rejected the lead meanwhile (then no payout). On
+        # PostgreSQL the finish statement checks the status this driver read with the
+        # lead and returns the current one: read again and redone only if it changed so.
+        lead_status = self.lead.status if pg else _lead_status(self.lead.pk)
+        for _ in range(3):
+            payout = Decimal("0")
+            if sold and self.tree and lead_status != LeadStatus.REJECTED:
+                payout = (revenue * self.tree.payout_percent / 100).quantize(CENT, ROUND_HALF_UP)
+            now = timezone.now()
+            final = {
+                "status": DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
+                "reason": reason[:500],
+                "revenue": revenue,
+                "payout": payout,
+                "margin": revenue - payout,
+                "finished_at": now,
+                "lease_until": None,
+                "next_check_at": None,
+            }
+            left = {
+                "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
+                "reason": "not posted: the lead was sold" if sold else "not posted in time",
+                "finished_at": now,
+            }
+            if sold:
+                event = _history_row(
+                    dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
+                    {"revenue": str(revenue), "payout": str(payout)},
+                )  # fmt: skip
+            else:
+                event = _history_row(dist, "unsold", f"Not sold: {reason}")
+            if not pg:
+                with transaction.atomic():
+                    done = Distribution.objects.filter(
+                        pk=dist.pk, attempt=dist.attempt, status=DistributionStatus.RUNNING
+                    ).update(**final)
+                    if done:
+                        OfferResult.objects.filter(
+                            distribution=dist, finished_at__isnull=True
+                        ).update(**left)
+                        event.save(force_insert=True)
+                break
+            # One statement, atomic by itself: the finish (still our attempt, the lead
+            # still as rejected or not as assumed), the rows left open, the history entry.
+            done, current = _finish_statement(
+                dist, final, left if open_rows else None, event,
+                lead_id=self.lead.pk, rejected=lead_status == LeadStatus.REJECTED,
             )  # fmt: skip
-        else:
-            event = _history_row(dist, "unsold", f"Not sold: {reason}")
-        if connection.vendor == "postgresql":
-            # One statement, atomic by itself: the finish (still our attempt), the rows
-            # left open, the history entry.
-            done = _finish_statement(dist, final, left if open_rows else None, event)
-        else:
-            with transaction.atomic():
-                done = Distribution.objects.filter(
-                    pk=dist.pk, attempt=dist.attempt, status=DistributionStatus.RUNNING
-                ).update(**final)
-                if done:
-                    OfferResult.objects.filter(distribution=dist, finished_at__isnull=True).update(
-                        **left
-                    )
-                    event.save(force_insert=True)
+            changed = current is not None and (current == LeadStatus.REJECTED) != (
+                lead_status == LeadStatus.REJECTED
+            )
+            lead_status = current or lead_status
+            if done or not changed:
+                break
         if not done:
             raise _Stop
         for row in open_rows:

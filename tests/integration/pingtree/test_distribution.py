@@ -562,3 +562,25 @@ def test_a_waterfall_post_reads_its_integrations_state_with_its_row(tree, buyers
     assert dist.status == "unsold" and buyers.total("/b") == 1
     row = OfferResult.objects.get(distribution=dist, offer=second)
     assert "disabled" in row.reason
+
+
+def test_a_lead_rejected_while_its_tree_runs_earns_the_partner_no_payout(tree, buyers, monkeypatch):
+    """The refusal policy may reject the lead while the tree sells it: the finish sees the
+    status of that moment (the statement checks the one the driver read and is redone
+    with the new one), so the partner gets no payout."""
+    from structures.models import Lead
+
+    offer = tree.offer("Buyer", post=buyers.json("/p"))
+    tree.tier("waterfall", offer)
+    lead = tree.lead()
+    sale = services._Driver._sale
+
+    def sale_then_rejected(self, *args, **kwargs):
+        sold = sale(self, *args, **kwargs)
+        Lead.objects.filter(pk=self.lead.pk).update(status="rejected")
+        return sold
+
+    monkeypatch.setattr(services._Driver, "_sale", sale_then_rejected)
+    dist = distribute(lead)
+    assert dist.status == "sold"
+    assert (dist.revenue, dist.payout, dist.margin) == (Decimal("10"), 0, Decimal("10"))
