@@ -1469,7 +1469,7 @@ class _Driver:
             q = connection.ops.quote_name
             _STATES_SQL = (
                 f"SELECT {q('id')}, {q('status')}, {q('config_version')} "  # noqa: S608
-                f"FROM {q(Integration._meta.db_table)} WHERE {q('id')} = ANY(%s)"
+                f"FROM {q(Integration._meta.db_table)} WHERE {q('id')} = ANY(%b::bigint[])"
             )
         ids = sorted(integration_ids)
         if connection.vendor == "postgresql":
