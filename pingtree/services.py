@@ -995,8 +995,8 @@ class _Driver:
         self.external_checks: dict[str, bool] = {}
         self._ping_cache: dict[int, bool] = {}
         self._states: dict[int, tuple[str, int] | None] = {}
-        # Integrations whose state the last row insert read with it, for the next post.
-        self._state_fresh: set[int] = set()
+        # The integration whose state the last row insert read with it, for its post.
+        self._state_fresh: int | None = None
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -1419,9 +1419,9 @@ class _Driver:
                     # integration's state for that post in the same round trip.
                     integration_id = offer.integration_id if posting else None
                     state = _results_open([row], state_of=integration_id)
+                    self._state_fresh = integration_id
                     if integration_id is not None:
                         self._states[integration_id] = state
-                        self._state_fresh.add(integration_id)
                 else:
                     _results_insert([row])
         except IntegrityError:
@@ -1489,9 +1489,9 @@ class _Driver:
         """The request to call directly for this offer's ``meaning`` call, with the
         integration's state (read now when ``fresh``, else the tier's read)."""
         integration_id = offer.integration_id
-        if integration_id in self._state_fresh:
-            # Read by the statement that opened this post's row, a moment ago.
-            self._state_fresh.discard(integration_id)
+        if self._state_fresh == integration_id:
+            # Read by the statement that opened this post's row, a moment ago (once).
+            self._state_fresh = None
         elif fresh or integration_id not in self._states:
             self._states[integration_id] = step_cache.integration_state(integration_id)
         state = self._states[integration_id]
