@@ -676,20 +676,9 @@ def distribution_start(*, lead_id: int, inline: bool = False) -> Distribution | 
 
 
 def _lead_status(lead_id: int) -> str:
-    """The lead's status as it is now (one indexed read; on PostgreSQL without the
-    ORM's query building, as the per-call reads of step_cache)."""
-    if connection.vendor == "postgresql":
-        global _LEAD_STATUS_SQL
-        if _LEAD_STATUS_SQL is None:
-            q = connection.ops.quote_name
-            _LEAD_STATUS_SQL = (
-                f"SELECT {q('status')} FROM {q(Lead._meta.db_table)} WHERE {q('id')} = %s"  # noqa: S608
-            )
-        return step_cache.fetch_one(_LEAD_STATUS_SQL, [lead_id])[0]
+    """The lead's status as it is now (the portable finish; on PostgreSQL the finish
+    statement reads it itself)."""
     return Lead.objects.filter(pk=lead_id).values_list("status", flat=True)[0]
-
-
-_LEAD_STATUS_SQL: str | None = None
 
 
 def _history(dist: Distribution, kind: str, message: str, data: dict | None = None) -> None:
@@ -2170,32 +2159,7 @@ class _Driver:
         # lead and returns the current one: read again and redone only if it changed so.
         lead_status = self.lead.status if pg else _lead_status(self.lead.pk)
         for _ in range(3):
-            payout = Decimal("0")
-            if sold and self.tree and lead_status != LeadStatus.REJECTED:
-                payout = (revenue * self.tree.payout_percent / 100).quantize(CENT, ROUND_HALF_UP)
-            now = timezone.now()
-            final = {
-                "status": DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
-                "reason": reason[:500],
-                "revenue": revenue,
-                "payout": payout,
-                "margin": revenue - payout,
-                "finished_at": now,
-                "lease_until": None,
-                "next_check_at": None,
-            }
-            left = {
-                "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
-                "reason": "not posted: the lead was sold" if sold else "not posted in time",
-                "finished_at": now,
-            }
-            if sold:
-                event = _history_row(
-                    dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
-                    {"revenue": str(revenue), "payout": str(payout)},
-                )  # fmt: skip
-            else:
-                event = _history_row(dist, "unsold", f"Not sold: {reason}")
+            final, left, event = self._finish_values(sold, revenue, reason, buyers, lead_status)
             if not pg:
                 with transaction.atomic():
                     done = Distribution.objects.filter(
@@ -2231,6 +2195,39 @@ class _Driver:
             setattr(dist, key, value)
         self.finished = True
         log.info("pingtree.finished", sold=sold, revenue=str(revenue))
+
+    def _finish_values(
+        self, sold: bool, revenue: Decimal, reason: str, buyers: str, lead_status: str
+    ) -> tuple[dict[str, Any], dict[str, Any], LeadEvent]:
+        """The finish for a lead of this status: the distribution's final fields, the
+        fields of the rows left open, the history entry."""
+        payout = Decimal("0")
+        if sold and self.tree and lead_status != LeadStatus.REJECTED:
+            payout = (revenue * self.tree.payout_percent / 100).quantize(CENT, ROUND_HALF_UP)
+        now = timezone.now()
+        final = {
+            "status": DistributionStatus.SOLD if sold else DistributionStatus.UNSOLD,
+            "reason": reason[:500],
+            "revenue": revenue,
+            "payout": payout,
+            "margin": revenue - payout,
+            "finished_at": now,
+            "lease_until": None,
+            "next_check_at": None,
+        }
+        left = {
+            "status": ResultStatus.OUTBID if sold else ResultStatus.TIMEOUT,
+            "reason": "not posted: the lead was sold" if sold else "not posted in time",
+            "finished_at": now,
+        }
+        if sold:
+            event = _history_row(
+                self.dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
+                {"revenue": str(revenue), "payout": str(payout)},
+            )  # fmt: skip
+        else:
+            event = _history_row(self.dist, "unsold", f"Not sold: {reason}")
+        return final, left, event
 
     def _rows_with_offers(self) -> list[OfferResult]:
         """This distribution's result rows in order, with their offers: from memory (the
