@@ -46,6 +46,7 @@ from typing import Any
 import structlog
 from django.db import (
     DEFAULT_DB_ALIAS,
+    DatabaseError,
     IntegrityError,
     close_old_connections,
     connection,
@@ -104,6 +105,10 @@ MISSING_LOOKBACK = timedelta(hours=1)
 WAIT_RECHECK = timedelta(seconds=30)
 # A call with less time than this left is not started.
 MIN_CALL_SECONDS = 0.05
+# A waterfall claims its next post's row while the current post is in flight, once the
+# current one has had this long to leave (the claim's statement would otherwise take
+# the GIL from its send), unless its answer came first.
+CLAIM_AHEAD_AFTER_SECONDS = 0.003
 POOL_SIZE = 32
 # A pool thread idle this long closes its database connection.
 POOL_IDLE_CLOSE_SECONDS = 10.0
@@ -462,8 +467,71 @@ def _results_insert(rows: list[OfferResult]) -> None:
         row._state.db = connection.alias
 
 
+@dataclass
+class _Behind:
+    """A result record written behind: in memory at once, in the database with the
+    driver's next statement (merged into it where it can be: the next row's open, the
+    finish), never later than that statement (_Driver._behind_guard)."""
+
+    rows: list[OfferResult]
+    values: dict[str, Any]
+    log: Any = None  # a deferred request log row, linked as the rows' post_log
+    # Instead: delete the rows, claims made ahead and never posted (_Driver._unclaim),
+    # only while they are still untouched claims.
+    delete: bool = False
+
+    def shape(self) -> tuple[Any, ...]:
+        return ("delete",) if self.delete else (tuple(self.values), self.log is not None)
+
+    def ctes(self, *, own: bool = False) -> str:
+        """``lg`` (the log row) and ``u`` (the update or delete), to open a WITH list."""
+        if self.delete:
+            q = connection.ops.quote_name
+            return (
+                f"u AS (DELETE FROM {q(OfferResult._meta.db_table)} "  # noqa: S608
+                f"{f'USING {_OWN} ' if own else ''}WHERE id = ANY(%b::bigint[]) "
+                f"AND stage = '{ResultStage.POSTED.value}' AND post_status = '' "
+                "AND finished_at IS NULL RETURNING 1)"
+            )
+        update = _set_update_text(tuple(self.values), log=self.log is not None, own=own)
+        lg = (
+            f"lg AS ({integration_services.log_insert_sql_text()}), "  # noqa: S608
+            if self.log is not None
+            else ""
+        )
+        return f"{lg}u AS ({update} RETURNING 1)"
+
+    def log_id_sql(self) -> str:
+        return "(SELECT id FROM lg)" if self.log is not None else "NULL"
+
+    def params(self) -> list[Any]:
+        if self.delete:
+            return [[r.pk for r in self.rows]]
+        return _set_params([r.pk for r in self.rows], self.values, self.log)
+
+    def write(self) -> None:
+        """By itself, in its own statement."""
+        own = _no_flush()
+        key = ("behind", self.shape(), own)
+        sql = _sql_texts.get(key)
+        if sql is None:
+            sql = _sql_texts[key] = f"WITH {self.ctes(own=own)} SELECT {self.log_id_sql()}"
+        with connection.cursor() as cursor:
+            cursor.execute(sql, self.params())
+            log_id = cursor.fetchone()[0]
+        self.written(log_id)
+
+    def written(self, log_id: int | None) -> None:
+        """The statement that carried it ran: the log row's id on it and its rows."""
+        if self.log is not None:
+            self.log.pk = log_id
+            self.log._state.adding = False
+            for row in self.rows:
+                row.post_log_id = log_id
+
+
 def _results_open(
-    rows: list[OfferResult], *, state_of: int | None = None
+    rows: list[OfferResult], *, state_of: int | None = None, behind: _Behind | None = None
 ) -> tuple[str, int] | None:
     """INSERT fresh rows (pending, nothing said yet: what _Driver._open makes for an
     offer it asks, and _open_many for an auction) in one
@@ -472,14 +540,16 @@ def _results_open(
 
     ``state_of``: an integration whose (status, config_version) the same statement reads
     and returns (None when it is gone): the state a post reads just before its call
-    (``_Driver._direct``), one round trip less on a waterfall's every post."""
+    (``_Driver._direct``), one round trip less on a waterfall's every post. ``behind``:
+    the record of the previous row's answer, written by the same statement (a
+    waterfall's rejected post and the next post's claim: one round trip, not two)."""
     first = rows[0]
     own = _no_flush()
-    key = ("open", own, state_of is not None)
+    key = ("open", own, state_of is not None, behind.shape() if behind else None)
     sql = _sql_texts.get(key)
     if sql is None:
         q = connection.ops.quote_name
-        sql = (
+        insert = (
             f"INSERT INTO {q(OfferResult._meta.db_table)} (workspace_id, distribution_id, "  # noqa: S608
             "tier_id, stage, status, reason, is_test, ping_status, post_status, "
             "redirect_url, buyer_lead_id, reservations, is_sold, created_at, offer_id, "
@@ -489,15 +559,22 @@ def _results_open(
             "FROM unnest(%b::bigint[], %b::int[], %b::bool[]) AS v(offer_id, position, "
             f"is_exclusive){f' CROSS JOIN {_OWN}' if own else ''} RETURNING id, offer_id"
         )
-        if state_of is not None:
-            sql = (
-                f"WITH r AS ({sql}) SELECT r.id, r.offer_id, i.{q('status')}, "  # noqa: S608
-                f"i.{q('config_version')} FROM r LEFT JOIN "
-                f"{q(Integration._meta.db_table)} AS i ON i.{q('id')} = %s"
-            )
-        _sql_texts[key] = sql
+        state = (
+            f"i.{q('status')}, i.{q('config_version')}" if state_of is not None else "NULL, NULL"
+        )
+        log_id = behind.log_id_sql() if behind is not None else "NULL"
+        join = (
+            f" LEFT JOIN {q(Integration._meta.db_table)} AS i ON i.{q('id')} = %s"
+            if state_of is not None
+            else ""
+        )
+        sql = _sql_texts[key] = (
+            f"WITH {behind.ctes() + ', ' if behind else ''}r AS ({insert}) "  # noqa: S608
+            f"SELECT r.id, r.offer_id, {state}, {log_id} FROM r{join}"
+        )
     now = timezone.now()
-    params = [
+    params = behind.params() if behind is not None else []
+    params += [
         first.workspace_id, first.distribution_id, first.tier_id, first.stage, first.status,
         first.is_test, now, [r.offer_id for r in rows], [r.position for r in rows],
         [r.is_exclusive for r in rows],
@@ -507,6 +584,8 @@ def _results_open(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         fetched = cursor.fetchall()
+    if behind is not None:
+        behind.written(fetched[0][4])
     ids = {found[1]: found[0] for found in fetched}
     for row in rows:
         row.pk, row.created_at = ids[row.offer_id], now
@@ -517,6 +596,40 @@ def _results_open(
     return (fetched[0][2], fetched[0][3])
 
 
+def _set_update_text(names: tuple[str, ...], *, log: bool, own: bool) -> str:
+    """``UPDATE`` of result rows ``WHERE id = ANY(...)`` setting these fields (names or
+    attnames) to one value each; with ``log``, also ``post_log_id`` to the id of a log row
+    inserted by a CTE named ``lg`` of the same statement. Built once per shape."""
+    key = ("set_update", names, log, own)
+    sql = _sql_texts.get(key)
+    if sql is None:
+        q = connection.ops.quote_name
+        fields = [OfferResult._meta.get_field(name) for name in names]
+        sets = ", ".join(f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in fields)
+        if log:
+            sets += ", post_log_id = (SELECT id FROM lg)"
+        sql = _sql_texts[key] = (
+            f"UPDATE {q(OfferResult._meta.db_table)} SET {sets} "  # noqa: S608
+            f"{f'FROM {_OWN} ' if own else ''}WHERE id = ANY(%b::bigint[])"
+        )
+    return sql
+
+
+def _set_params(pks: list[int], values: dict[str, Any], log: Any = None) -> list[Any]:
+    """The parameters of _set_update_text (with ``log``: the log row's first)."""
+    params: list[Any] = []
+    if log is not None:
+        params += integration_services.log_insert_sql(log)[1]
+    for name, value in values.items():
+        f = OfferResult._meta.get_field(name)
+        if isinstance(value, models.Model):
+            value = value.pk
+        target = f.target_field if f.is_relation else f
+        params.append(target.get_db_prep_save(value, connection))
+    params.append(list(pks))
+    return params
+
+
 def _results_set(pks: list[int], values: dict[str, Any], *, log: Any = None) -> int:
     """UPDATE these rows' fields (names or attnames) to the same values; rows changed.
     ``log``: a deferred request log row (PostgreSQL) inserted by the same statement and
@@ -525,34 +638,18 @@ def _results_set(pks: list[int], values: dict[str, Any], *, log: Any = None) -> 
         return 0
     if connection.vendor != "postgresql":
         return OfferResult.objects.filter(pk__in=pks).update(**values)
-    fields = [OfferResult._meta.get_field(name) for name in values]
     own = _no_flush()
     key = ("set", tuple(values), log is not None, own)
     sql = _sql_texts.get(key)
     if sql is None:
-        q = connection.ops.quote_name
-        sets = ", ".join(f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in fields)
-        if log is not None:
-            sets += ", post_log_id = (SELECT id FROM lg)"
-        update = (
-            f"UPDATE {q(OfferResult._meta.db_table)} SET {sets} "  # noqa: S608
-            f"{f'FROM {_OWN} ' if own else ''}WHERE id = ANY(%b::bigint[])"
-        )
+        update = _set_update_text(tuple(values), log=log is not None, own=own)
         if log is not None:
             update = (
                 f"WITH lg AS ({integration_services.log_insert_sql_text()}), "  # noqa: S608
                 f"u AS ({update} RETURNING 1) SELECT (SELECT id FROM lg)"
             )
         sql = _sql_texts[key] = update
-    params: list[Any] = []
-    if log is not None:
-        params += integration_services.log_insert_sql(log)[1]
-    for f, value in zip(fields, values.values(), strict=True):
-        if isinstance(value, models.Model):
-            value = value.pk
-        target = f.target_field if f.is_relation else f
-        params.append(target.get_db_prep_save(value, connection))
-    params.append(list(pks))
+    params = _set_params(pks, values, log)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if log is None:
@@ -706,13 +803,14 @@ _EVENT_FIELDS = [f for f in LeadEvent._meta.concrete_fields if not f.primary_key
 
 def _finish_statement(
     dist: Distribution, final: dict[str, Any], left: dict[str, Any] | None, event: LeadEvent,
-    *, lead_id: int, rejected: bool,
+    *, lead_id: int, rejected: bool, behind: _Behind | None = None,
 ) -> tuple[bool, str | None]:  # fmt: skip
     """PostgreSQL: finish the distribution (only while it is still our attempt and
     running, and the lead is rejected or not as ``rejected`` says: the payout was
     computed so), close the rows left open (``left``) and write the history entry, in
-    one statement. (True when it finished, the lead's status now.)"""
-    key = ("finish", tuple(final), left is not None)
+    one statement, with ``behind``: the last answer's record (whatever becomes of the
+    finish). (True when it finished, the lead's status now.)"""
+    key = ("finish", tuple(final), left is not None, behind.shape() if behind else None)
     sql = _sql_texts.get(key)
     q = connection.ops.quote_name
     dist_fields = [Distribution._meta.get_field(name) for name in final]
@@ -720,17 +818,21 @@ def _finish_statement(
         sets = ", ".join(
             f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in dist_fields
         )
-        parts = [
+        parts = [behind.ctes()] if behind is not None else []
+        parts.append(
             f"d AS (UPDATE {q(Distribution._meta.db_table)} SET {sets} "  # noqa: S608
             "WHERE id = %s AND attempt = %s AND status = 'running' "
             f"AND EXISTS (SELECT 1 FROM {q(Lead._meta.db_table)} "
             f"WHERE id = %s AND (status = '{LeadStatus.REJECTED.value}') = %s) RETURNING id)"
-        ]
+        )
         if left is not None:
+            # Not the rows the record behind sets (one statement must not update a row
+            # twice).
             parts.append(
                 f"o AS (UPDATE {q(OfferResult._meta.db_table)} SET status = %s, "  # noqa: S608
                 "reason = %s, finished_at = %s WHERE distribution_id = %s "
-                "AND finished_at IS NULL AND EXISTS (SELECT 1 FROM d))"
+                "AND finished_at IS NULL AND EXISTS (SELECT 1 FROM d)"
+                f"{' AND id <> ALL(%b::bigint[])' if behind is not None else ''})"
             )
         columns = ", ".join(q(f.column) for f in _EVENT_FIELDS)
         values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _EVENT_FIELDS)
@@ -738,22 +840,28 @@ def _finish_statement(
             f"e AS (INSERT INTO {q(LeadEvent._meta.db_table)} ({columns}) "  # noqa: S608
             f"SELECT {values} FROM d)"
         )
+        log_id = behind.log_id_sql() if behind is not None else "NULL"
         sql = _sql_texts[key] = (
             "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM d), "  # noqa: S608
-            f"(SELECT status FROM {q(Lead._meta.db_table)} WHERE id = %s)"
+            f"(SELECT status FROM {q(Lead._meta.db_table)} WHERE id = %s), {log_id}"
         )
-    params: list[Any] = [
+    params: list[Any] = behind.params() if behind is not None else []
+    params += [
         f.get_db_prep_save(value, connection)
         for f, value in zip(dist_fields, final.values(), strict=True)
     ]
     params += [dist.pk, dist.attempt, lead_id, rejected]
     if left is not None:
         params += [left["status"], str(left["reason"])[:500], left["finished_at"], dist.pk]
+        if behind is not None:
+            params.append([r.pk for r in behind.rows])
     params += [f.get_db_prep_save(f.pre_save(event, True), connection) for f in _EVENT_FIELDS]
     params.append(lead_id)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        done, status = cursor.fetchone()
+        done, status, log_id = cursor.fetchone()
+    if behind is not None:
+        behind.written(log_id)
     return bool(done), status
 
 
@@ -806,25 +914,37 @@ def distribution_run(*, distribution_id: int, budget_seconds: float | None = Non
 
 
 def _drive(
-    dist: Distribution, lead: Lead, *, budget_seconds: float | None, fresh: bool
-) -> Distribution:
-    """Drive a distribution this thread has claimed; returns it as it now is."""
+    dist: Distribution, lead: Lead, *, budget_seconds: float | None, fresh: bool,
+    states: dict[int, tuple[str, int] | None] | None = None,
+) -> Distribution:  # fmt: skip
+    """Drive a distribution this thread has claimed; returns it as it now is. ``states``:
+    integrations' (status, config_version) read just now (its first tier's)."""
     with structlog.contextvars.bound_contextvars(lead_id=lead.pcid, distribution_id=dist.pk):
         driver = _Driver(dist=dist, lead=lead, budget_seconds=budget_seconds, fresh=fresh)
+        if states:
+            driver._states.update(states)
         driver.drive()
     if driver.finished:
         return driver.dist  # as _finish wrote it: no need to read it back
     return Distribution.objects.get(pk=dist.pk)
 
 
-def _distribution_create_claimed(*, lead: Lead) -> Distribution | None:
+def _distribution_create_claimed(
+    *, lead: Lead
+) -> tuple[Distribution, dict[int, tuple[str, int] | None]] | None:
     """The lead's distribution created already claimed by this driver (running, attempt
-    1, its lease): what distribution_ensure + _claim would leave, in one INSERT. None
-    when it exists already (the unique lead key) or no tree serves the lead: the caller
-    takes the general path. The lead was read with its workspace just now."""
+    1, its lease): what distribution_ensure + _claim would leave, in one INSERT, with
+    the state of its first tier's integrations read by the same statement (what the
+    tier would read as it starts). None when it exists already (the unique lead key) or
+    no tree serves the lead: the caller takes the general path. The lead was read with
+    its workspace just now."""
     tree = tree_for_lead(lead, workspace_fresh=True)
     if tree is None:
         return None
+    snapshot = tree_cache.tree_snapshot(lead.workspace, tree.pk)
+    first_tier = snapshot.tiers[0].tier_offers if snapshot and snapshot.tiers else ()
+    integration_ids = sorted({to.offer.integration_id for to in first_tier or ()})
+    states: dict[int, tuple[str, int] | None] = {}
     now = timezone.now()
     deadline = now + timedelta(seconds=tree.deadline_seconds)
     lease = max(deadline, now) + LEASE_MARGIN
@@ -845,37 +965,51 @@ def _distribution_create_claimed(*, lead: Lead) -> Distribution | None:
         # savepoint.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             if connection.vendor == "postgresql":
-                _distribution_insert(dist)
+                states = _distribution_insert(dist, integration_ids)
             else:
                 dist.save(force_insert=True)
     except IntegrityError:
         return None
-    return dist
+    return dist, states
 
 
 _DIST_FIELDS = [f for f in Distribution._meta.concrete_fields if not f.primary_key]
 _DIST_PREP = integration_services.insert_prep(_DIST_FIELDS, defaults_set=True)
 
 
-def _distribution_insert(dist: Distribution) -> None:
+def _distribution_insert(
+    dist: Distribution, integration_ids: list[int] = ()
+) -> dict[int, tuple[str, int] | None]:  # fmt: skip
     """INSERT a new distribution, its id set: what ``save(force_insert=True)`` writes (no
     signal listens to it), by a statement built once per process and values prepared as
     the ORM prepares them (integration_services.insert_values): the ORM's save was a
-    tenth of the CPU the ping tree spent on a lead's own rows (bench-pingtree)."""
+    tenth of the CPU the ping tree spent on a lead's own rows (bench-pingtree). Returns
+    the (status, config_version) of these integrations, read by the same statement (None
+    for one that is gone)."""
     sql = _sql_texts.get("dist_insert")
     if sql is None:
         q = connection.ops.quote_name
         columns = ", ".join(q(f.column) for f in _DIST_FIELDS)
         values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _DIST_FIELDS)
         sql = _sql_texts["dist_insert"] = (
-            f"INSERT INTO {q(Distribution._meta.db_table)} ({columns}) "  # noqa: S608
-            f"VALUES ({values}) RETURNING {q('id')}"
+            f"WITH d AS (INSERT INTO {q(Distribution._meta.db_table)} ({columns}) "  # noqa: S608
+            f"VALUES ({values}) RETURNING {q('id')}) "
+            f"SELECT d.id, i.{q('id')}, i.{q('status')}, i.{q('config_version')} FROM d "
+            f"LEFT JOIN {q(Integration._meta.db_table)} AS i ON i.{q('id')} = ANY(%b::bigint[])"
         )
+    params = integration_services.insert_values(dist, _DIST_PREP)
+    params.append(list(integration_ids))
     with connection.cursor() as cursor:
-        cursor.execute(sql, integration_services.insert_values(dist, _DIST_PREP))
-        dist.pk = cursor.fetchone()[0]
+        cursor.execute(sql, params)
+        fetched = cursor.fetchall()
+    dist.pk = fetched[0][0]
     dist._state.adding = False
     dist._state.db = connection.alias
+    states: dict[int, tuple[str, int] | None] = dict.fromkeys(integration_ids)
+    for _dist_id, integration_id, status, version in fetched:
+        if integration_id is not None:
+            states[integration_id] = (status, version)
+    return states
 
 
 _LEAD_RELATIONS = ("workspace", "partner", "structure")
@@ -929,9 +1063,10 @@ def distribution_for_lead_run(*, lead_id: int) -> Distribution | None:
             return None
     elif lead.status != LeadStatus.APPROVED:
         return Distribution.objects.filter(lead_id=lead_id).first()
-    dist = _distribution_create_claimed(lead=lead)
-    if dist is not None:
-        return _drive(dist, lead, budget_seconds=None, fresh=True)
+    created = _distribution_create_claimed(lead=lead)
+    if created is not None:
+        dist, states = created
+        return _drive(dist, lead, budget_seconds=None, fresh=True, states=states)
     dist = distribution_ensure(lead=lead)
     return distribution_run(distribution_id=dist.pk)
 
@@ -986,6 +1121,12 @@ class _Driver:
         self._states: dict[int, tuple[str, int] | None] = {}
         # The integration whose state the last row insert read with it, for its post.
         self._state_fresh: int | None = None
+        # A record written behind (_defer): at most one, out by the next statement.
+        self._behind: _Behind | None = None
+        # A waterfall's rows claimed ahead (by offer) and the offer to claim next.
+        self._ahead: dict[int, OfferResult] = {}
+        self._claim_next: tuple[Offer, Tier] | None = None
+        self._opened = False  # the last _open inserted its row (not found it)
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -1012,6 +1153,56 @@ class _Driver:
             self._finish()
         except _Stop:
             return
+        finally:
+            self._behind_flush()
+
+    # -- records written behind -----------------------------------------------------------
+    #
+    # A rejected post's record (and an auction's outbid rows) need not be committed before
+    # the driver's next statement: nothing reads them in between, and that statement is
+    # the next post's claim or the finish, which carry the record (one round trip each
+    # instead of two). Any other statement on this thread's connection first writes the
+    # record by itself (an execute wrapper, installed only while a record waits), and so
+    # does the end of the drive, so no statement of this driver sees the row unrecorded.
+    # Only records wait, never a claim: nothing is sent on its strength. Kill -9 between
+    # the answer and that next statement leaves the row in flight, as it would a moment
+    # earlier: the next driver settles it as an error (nothing sold, nothing sent twice).
+
+    def _defer(self, behind: _Behind) -> None:
+        if self._behind is not None:
+            self._behind_flush()
+        self._behind = behind
+        connection.execute_wrappers.append(self._behind_guard)
+
+    def _behind_take(self) -> _Behind | None:
+        """The waiting record, now the caller's to write in its own statement."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            with contextlib.suppress(ValueError):
+                connection.execute_wrappers.remove(self._behind_guard)
+        return behind
+
+    def _behind_guard(
+        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        self._behind_flush()
+        return execute(sql, params, many, context)
+
+    def _behind_flush(self) -> None:
+        behind = self._behind_take()
+        if behind is None:
+            return
+        try:
+            behind.write()
+        except Exception:
+            # Every call is logged, whatever became of recording its answer.
+            if behind.log is not None and behind.log.pk is None:
+                with contextlib.suppress(Exception):
+                    integration_services.log_write(behind.log)
+            raise
+
+    def _behind_holds(self, entry: Any) -> bool:
+        return self._behind is not None and self._behind.log is entry
 
     def _tiers(self) -> list[tuple[Tier, tuple[TierOffer, ...] | None]]:
         """The tree's tiers in order, each with its offers when the snapshot has them
@@ -1145,11 +1336,69 @@ class _Driver:
         return [c for _, c in sorted(keyed, key=lambda kc: kc[0], reverse=True)]
 
     def _waterfall(self, tier: Tier, eligible: list[_Candidate], until: datetime) -> None:
-        for cand in eligible:
+        try:
+            self._waterfall_walk(tier, eligible, until)
+        finally:
+            # A claim made ahead for a post that will not happen (sold, a callback to
+            # wait for, the driver stopped) is taken back: the offer was never asked.
+            self._claim_next = None
+            for row in list(self._ahead.values()):
+                self._unclaim(row)
+
+    def _claims_ahead(self, offer: Offer) -> bool:
+        """The offer is posted straight away when its turn comes (a fixed price, no
+        ping, no cap to reserve), so its row may be claimed while the post before it is
+        in flight (_post_direct): the claim is then off the path between two posts."""
+        return (
+            connection.vendor == "postgresql"
+            and offer.price_model == PriceModel.FIXED
+            and not self._caps_to_count(offer)
+            and offer.pk not in self.results
+        )
+
+    def _claim_ahead(self, future: Future) -> None:
+        """While a post is in flight: claim the next offer's row of a waterfall (posted,
+        in flight), with the record waiting behind and the state of its integration (what
+        its post reads), unless the answer is in already; with no row to claim, write
+        the record waiting behind (the last post's), so the answer's is the only one
+        left to write after it."""
+        nxt, self._claim_next = self._claim_next, None
+        if nxt is None and self._behind is None:
+            return
+        with contextlib.suppress(FutureTimeout):
+            future.result(timeout=CLAIM_AHEAD_AFTER_SECONDS)
+        if future.done():
+            return
+        if nxt is None:
+            self._behind_flush()
+            return
+        offer, tier = nxt
+        if offer.pk in self.results:
+            return
+        row = self._open(offer, tier, posting=True)
+        if self._opened:
+            self._ahead[offer.pk] = row
+
+    def _unclaim(self, row: OfferResult | None) -> None:
+        """Take back a row claimed ahead and not posted: deleted (while still an
+        untouched claim) with the driver's next statement, as if never opened."""
+        if row is None:
+            return
+        self._ahead.pop(row.offer_id, None)
+        self.results.pop(row.offer_id, None)
+        if self._state_fresh == row.offer.integration_id:
+            self._state_fresh = None
+        self._defer(_Behind([row], {}, delete=True))
+
+    def _waterfall_walk(self, tier: Tier, eligible: list[_Candidate], until: datetime) -> None:
+        for i, cand in enumerate(eligible):
+            ahead = self._ahead.pop(cand.offer.pk, None)
             if _seconds_left(until) <= MIN_CALL_SECONDS:
+                self._unclaim(ahead)
                 self._skip(cand.offer, tier, self._deadline_reason(until))
                 continue
             if self.dist.sold_count and not self._may_sell(cand.offer, 1):
+                self._unclaim(ahead)
                 self._skip(cand.offer, tier, "the lead is sold already")
                 continue
             # _ping_capable reads the state of an integration this driver has not seen:
@@ -1160,11 +1409,16 @@ class _Driver:
                 and cand.offer.integration_id in self._ping_capable([cand.offer])
             )
             # Posted at once, with no cap to reserve first: the row is written "posted"
-            # (in flight) from the start, one statement less before the call.
-            result = self._open(
+            # (in flight) from the start, one statement less before the call; claimed
+            # already while the post before it was in flight (_claim_ahead).
+            result = ahead or self._open(
                 cand.offer, tier,
                 posting=not pings and not self._caps_to_count(cand.offer),
             )  # fmt: skip
+            following = eligible[i + 1].offer if i + 1 < len(eligible) else None
+            self._claim_next = (
+                (following, tier) if following and self._claims_ahead(following) else None
+            )
             if pings:
                 started = time.monotonic()
                 call, future, variables = self._ping_submit(
@@ -1220,13 +1474,19 @@ class _Driver:
             and not self._caps_to_count(first.offer)
         ):
             # The best bid is posted next with no cap to reserve: it is written in
-            # flight (posted) with the answers, one statement less before its post.
+            # flight (posted) with the answers, one statement less before its post, and
+            # its integration's state for that post is read with them.
             first.result.stage = ResultStage.POSTED
         # Every answer, and the log rows of the calls, in one statement, before anything
         # is posted.
         self._pings_write(
             [cand.result for cand, *_ in pinged],
             [cand.ping.log_entry if cand.ping else None for cand, *_ in pinged],
+            state_of=(
+                first.offer.integration_id
+                if first is not None and first.result.stage == ResultStage.POSTED
+                else None
+            ),
         )
         self._post_ranked(
             [
@@ -1263,13 +1523,14 @@ class _Driver:
         if losers:
             # One statement for every bidder the sale left behind.
             why = "outbid: the lead went to a higher bid" if sales else "the lead is sold"
-            now = timezone.now()
-            _results_set(
-                [r.pk for r in losers],
-                {"status": ResultStatus.OUTBID, "reason": why, "finished_at": now},
-            )
+            values = {"status": ResultStatus.OUTBID, "reason": why, "finished_at": timezone.now()}
+            if connection.vendor == "postgresql":
+                self._defer(_Behind(losers, values))  # with the finish, usually
+            else:
+                _results_set([r.pk for r in losers], values)
             for row in losers:
-                row.status, row.reason, row.finished_at = ResultStatus.OUTBID, why, now
+                for key, value in values.items():
+                    setattr(row, key, value)
 
     def _cut_reason(self, cand: _Candidate, until: datetime) -> str:
         if cand.offer.timeout_seconds <= _seconds_left(until):
@@ -1386,6 +1647,7 @@ class _Driver:
         is posted next, nothing before (written in flight: stage posted)."""
         skipped = skipped_reason is not None
         now = timezone.now()
+        self._opened = False
         row = OfferResult(
             workspace_id=self.dist.workspace_id,
             distribution=self.dist,
@@ -1405,14 +1667,22 @@ class _Driver:
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
                 if connection.vendor == "postgresql" and not skipped:
                     # The lean statement: nothing to say yet. A row posted next reads the
-                    # integration's state for that post in the same round trip.
+                    # integration's state for that post in the same round trip, and the
+                    # statement writes the record waiting behind (the last answer).
                     integration_id = offer.integration_id if posting else None
-                    state = _results_open([row], state_of=integration_id)
+                    behind = self._behind_take()
+                    try:
+                        state = _results_open([row], state_of=integration_id, behind=behind)
+                    except BaseException:
+                        if behind is not None:  # not written: it waits again
+                            self._defer(behind)
+                        raise
                     self._state_fresh = integration_id
                     if integration_id is not None:
                         self._states[integration_id] = state
                 else:
                     _results_insert([row])
+            self._opened = True
         except IntegrityError:
             row = OfferResult.objects.get(distribution=self.dist, offer=offer)
         self.results[offer.pk] = row
@@ -1517,15 +1787,21 @@ class _Driver:
         return {o.integration_id for o in offers if self._ping_cache[o.integration_id]}
 
     def _result_update(
-        self, row: OfferResult, *, finished: bool = False, log: Any = None, **values: Any
-    ) -> OfferResult:
+        self, row: OfferResult, *, finished: bool = False, log: Any = None, behind: bool = False,
+        **values: Any,
+    ) -> OfferResult:  # fmt: skip
         """Update the row (and memory); ``log``: a deferred post log written in the same
-        statement, linked as the row's post_log."""
+        statement, linked as the row's post_log; ``behind``: written behind (_defer), on
+        PostgreSQL."""
         if "reason" in values:
             values["reason"] = str(values["reason"])[:500]
         if finished:
             values["finished_at"] = timezone.now()
-        if log is not None:
+        if behind and connection.vendor == "postgresql":
+            if log is not None:
+                values.pop("post_log_id", None)
+            self._defer(_Behind([row], values, log))
+        elif log is not None:
             values.pop("post_log_id", None)
             values["post_log_id"] = _results_set([row.pk], values, log=log)
         else:
@@ -1702,10 +1978,15 @@ class _Driver:
         cand.value = self._expected_value(cand.offer, bid)
         return True
 
-    def _pings_write(self, rows: list[OfferResult], entries: list[Any] | None = None) -> None:
+    def _pings_write(
+        self, rows: list[OfferResult], entries: list[Any] | None = None,
+        state_of: int | None = None,
+    ) -> None:  # fmt: skip
         """Write the settled pings of these rows (as _ping_settle left them in memory) in
         one statement, with ``entries``: their calls' deferred log rows (None where the
-        call wrote its own, or made none), each linked as its row's ping_log."""
+        call wrote its own, or made none), each linked as its row's ping_log; with
+        ``state_of``, the integration whose state the statement reads for the post
+        that follows (as _open does for a waterfall's post)."""
         if not rows:
             return
         entries = entries or [None] * len(rows)
@@ -1733,7 +2014,9 @@ class _Driver:
                 f"FROM unnest(%b::bigint[], {arrays}, %b::bigint[]) "
                 f"AS v(id, {', '.join(names)}, n) LEFT JOIN li ON li.n = v.n"
                 f"{f' CROSS JOIN {_OWN}' if own else ''} WHERE r.id = v.id RETURNING 1) "
-                "SELECT id FROM li ORDER BY n"
+                "SELECT (SELECT array_agg(id ORDER BY n) FROM li), "
+                f"i.{q('status')}, i.{q('config_version')} FROM (VALUES (1)) AS one "
+                f"LEFT JOIN {q(Integration._meta.db_table)} AS i ON i.{q('id')} = %s"
             )
         logs = [e for e, d in zip(entries, deferred, strict=True) if d]
         params: list[Any] = integration_services.log_insert_many_params(logs)
@@ -1744,10 +2027,12 @@ class _Driver:
             n += d
             ranks.append(n if d else None)
         params.append(ranks)
+        params.append(state_of)
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
-                ids = [r[0] for r in cursor.fetchall()]
+                found, status, version = cursor.fetchone()
+                ids = found or []
         except Exception:
             # Every call is logged, whatever became of recording the answers.
             for entry in logs:
@@ -1760,6 +2045,9 @@ class _Driver:
                 entry.pk = next(written)
                 entry._state.adding = False
                 row.ping_log_id = entry.pk
+        if state_of is not None:
+            self._states[state_of] = (status, version) if status is not None else None
+            self._state_fresh = state_of
 
     def _expected_value(self, offer: Offer, bid: Decimal | None) -> Decimal:
         if offer.price_model == PriceModel.FIXED:
@@ -1783,6 +2071,7 @@ class _Driver:
         expected = self._expected_value(cand.offer, row.bid)
         if expected > 0:
             amounts[CapMetric.REVENUE] = expected
+        self._behind_flush()  # committed on its own, not with this transaction's fate
         with transaction.atomic():
             reservations, why = caps_service.caps_reserve(
                 caps=caps, amounts=amounts, now=timezone.now(), tz_name=self.tz
@@ -1835,16 +2124,25 @@ class _Driver:
             call.job, cand.offer.integration, self.lead, variables, seconds, direct,
             connection.vendor == "postgresql",
         )  # fmt: skip
+        submitted = time.monotonic()
+        try:
+            self._claim_ahead(future)
+        except DatabaseError:
+            # Not needed: the next offer's row is opened when its turn comes. The post
+            # in flight is waited for and recorded (and logged) as ever.
+            log.warning("pingtree.claim_ahead_failed", exc_info=True)
         outcome, _run_id = self._ping_finish(
-            call, future, started, timeout=seconds, cancel_reason=self._cut_reason(cand, until),
-            variables=variables, failed="the call failed: ",
+            call, future, started, timeout=seconds - (time.monotonic() - submitted),
+            cancel_reason=self._cut_reason(cand, until), variables=variables,
+            failed="the call failed: ",
         )  # fmt: skip
         try:
             return self._post_record(cand.offer, row, outcome)
         finally:
             # Every call is logged: if recording failed, its log row still is written.
-            if outcome.log_entry is not None and outcome.log_entry.pk is None:
-                integration_services.log_write(outcome.log_entry)
+            entry = outcome.log_entry
+            if entry is not None and entry.pk is None and not self._behind_holds(entry):
+                integration_services.log_write(entry)
 
     def _park(self, row: OfferResult, outcome: CallOutcome) -> None:
         """The buyer answers by callback and holds the lead: wait for run_finished."""
@@ -1894,14 +2192,13 @@ class _Driver:
             )
         if status != ResultStatus.ACCEPTED:
             self._release(row)
+            # Written behind: with the next post's claim, or the finish.
             self._result_update(
                 row, stage=ResultStage.POSTED, status=status, post_status=status,
                 post_ms=outcome.ms, reason=outcome.reason or status, finished=True,
-                log=outcome.log_entry,
+                log=outcome.log_entry, behind=True,
                 **({"post_log_id": outcome.log_id} if outcome.log_id else {}),
             )  # fmt: skip
-            if outcome.log_entry is not None:
-                outcome.log_id = row.post_log_id
             return False
         return self._sale(offer, row, outcome)
 
@@ -2025,6 +2322,7 @@ class _Driver:
         exclusive: bool, redirect: str, buyer_lead_id: str, counted: Decimal,
     ) -> bool:  # fmt: skip
         """The sale with its caps settled, in one transaction. True when it counted."""
+        self._behind_flush()  # committed on its own, not with this transaction's fate
         with transaction.atomic():
             sale_ok = Q(is_exclusive_sold=False) & (Q(sold_count=0) if exclusive else Q())
             sold = (
@@ -2173,10 +2471,17 @@ class _Driver:
                 break
             # One statement, atomic by itself: the finish (still our attempt, the lead
             # still as rejected or not as assumed), the rows left open, the history entry.
-            done, current = _finish_statement(
-                dist, final, left if open_rows else None, event,
-                lead_id=self.lead.pk, rejected=lead_status == LeadStatus.REJECTED,
-            )  # fmt: skip
+            behind = self._behind_take()
+            try:
+                done, current = _finish_statement(
+                    dist, final, left if open_rows else None, event,
+                    lead_id=self.lead.pk, rejected=lead_status == LeadStatus.REJECTED,
+                    behind=behind,
+                )  # fmt: skip
+            except BaseException:
+                if behind is not None:  # not written: it waits again
+                    self._defer(behind)
+                raise
             changed = current is not None and (current == LeadStatus.REJECTED) != (
                 lead_status == LeadStatus.REJECTED
             )

@@ -12,13 +12,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from django.utils import timezone
 
+from integrations.engine.registry import ELEMENT_HANDLERS, Effect
 from integrations.models import (
     Connection,
     Element,
@@ -301,3 +304,52 @@ def distribute(lead: Lead, budget: float | None = None):
 
     dist = services.distribution_ensure(lead=lead)
     return services.distribution_run(distribution_id=dist.pk, budget_seconds=budget)
+
+
+# --- buyers answering by callback ----------------------------------------------------------
+
+
+@pytest.fixture
+def callback_step():
+    """A stand-in for the webhooks app's step: parks the run (blocking) until resumed,
+    then answers with what the callback carried."""
+    old = ELEMENT_HANDLERS.get("webhook")
+
+    def handler(call):
+        if call.resumed is not None:
+            captured = {"price": call.resumed.get("price", "")}
+            return Effect(
+                outcome={"kind": call.resumed["kind"], "reason": "callback", "captured": captured}
+            )
+        if call.parked:
+            return Effect(
+                outcome={"kind": "timeout", "reason": "no callback", "captured": {}},
+                timed_out=True,
+            )
+        return Effect(
+            outcome={"kind": "pending", "reason": "waiting", "captured": {}},
+            park_until=timezone.now() + timedelta(minutes=5),
+            park_blocking=True,
+        )
+
+    ELEMENT_HANDLERS["webhook"] = handler
+    yield
+    if old is None:
+        ELEMENT_HANDLERS.pop("webhook", None)
+    else:
+        ELEMENT_HANDLERS["webhook"] = old
+
+
+def add_callback(offer):
+    integration = offer.integration
+    post_request = Element.objects.get(
+        integration=integration, kind="request", request_step__meaning="post"
+    )
+    wait = Element.objects.create(
+        workspace=integration.workspace, integration=integration, kind="webhook", name="wait"
+    )
+    Connection.objects.create(
+        workspace=integration.workspace, integration=integration, from_element=post_request,
+        to_element=wait,
+    )  # fmt: skip
+    return wait

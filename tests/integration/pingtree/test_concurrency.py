@@ -14,12 +14,11 @@ from django.db import connection
 from django.utils import timezone
 
 from integrations.engine import services as engine
-from integrations.engine.registry import ELEMENT_HANDLERS, Effect
 from integrations.models import Connection, Element, RunStep, ScenarioRun
 from pingtree import services
 from pingtree.models import CapCounter, Distribution, OfferResult
 from structures.models import LeadEvent
-from tests.integration.pingtree.conftest import distribute
+from tests.integration.pingtree.conftest import add_callback, distribute
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,52 +175,6 @@ def test_approved_leads_without_a_distribution_are_started_by_the_sweeper(tree, 
     Lead.objects.filter(pk=lead.pk).update(created_at=timezone.now() - timedelta(minutes=5))
     assert services.distributions_sweep() == 1
     assert Distribution.objects.get(lead=lead).status == "sold"
-
-
-@pytest.fixture
-def callback_step():
-    """A stand-in for the webhooks app's step: parks the run (blocking) until resumed,
-    then answers with what the callback carried."""
-    old = ELEMENT_HANDLERS.get("webhook")
-
-    def handler(call):
-        if call.resumed is not None:
-            captured = {"price": call.resumed.get("price", "")}
-            return Effect(
-                outcome={"kind": call.resumed["kind"], "reason": "callback", "captured": captured}
-            )
-        if call.parked:
-            return Effect(
-                outcome={"kind": "timeout", "reason": "no callback", "captured": {}},
-                timed_out=True,
-            )
-        return Effect(
-            outcome={"kind": "pending", "reason": "waiting", "captured": {}},
-            park_until=timezone.now() + timedelta(minutes=5),
-            park_blocking=True,
-        )
-
-    ELEMENT_HANDLERS["webhook"] = handler
-    yield
-    if old is None:
-        ELEMENT_HANDLERS.pop("webhook", None)
-    else:
-        ELEMENT_HANDLERS["webhook"] = old
-
-
-def add_callback(offer):
-    integration = offer.integration
-    post_request = Element.objects.get(
-        integration=integration, kind="request", request_step__meaning="post"
-    )
-    wait = Element.objects.create(
-        workspace=integration.workspace, integration=integration, kind="webhook", name="wait"
-    )
-    Connection.objects.create(
-        workspace=integration.workspace, integration=integration, from_element=post_request,
-        to_element=wait,
-    )  # fmt: skip
-    return wait
 
 
 def test_a_buyer_answering_by_callback_holds_the_lead_then_the_tree_goes_on(

@@ -552,7 +552,8 @@ def test_a_waterfall_post_reads_its_integrations_state_with_its_row(tree, buyers
     with_row = [
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].startswith("WITH r AS (INSERT INTO") and "integrations_integration" in q["sql"]
+        if 'r AS (INSERT INTO "pingtree_offerresult"' in q["sql"]
+        and "integrations_integration" in q["sql"]
     ]
     if call_path == "direct":
         assert (len(alone), len(with_row)) == (0, 2), (alone, with_row)
