@@ -801,16 +801,39 @@ def _history_row(
 _EVENT_FIELDS = [f for f in LeadEvent._meta.concrete_fields if not f.primary_key]
 
 
+@dataclass
+class _SaleEnd:
+    """A sale that ends the tree, written by the finish's statement (_finish_statement):
+    the sold row's values (in _SALE_ROW_COLUMNS' order) and its call's deferred log."""
+
+    row_pk: int
+    exclusive: bool
+    redirect: str
+    values: list[Any]
+    log: Any = None
+
+
+_SALE_ROW_COLUMNS = (
+    "stage", "status", "post_status", "post_ms", "price", "redirect_url", "buyer_lead_id",
+)  # fmt: skip
+
+
 def _finish_statement(
     dist: Distribution, final: dict[str, Any], left: dict[str, Any] | None, event: LeadEvent,
-    *, lead_id: int, rejected: bool, behind: _Behind | None = None,
+    *, lead_id: int, rejected: bool, behind: _Behind | None = None, sale: _SaleEnd | None = None,
 ) -> tuple[bool, str | None]:  # fmt: skip
     """PostgreSQL: finish the distribution (only while it is still our attempt and
     running, and the lead is rejected or not as ``rejected`` says: the payout was
     computed so), close the rows left open (``left``) and write the history entry, in
     one statement, with ``behind``: the last answer's record (whatever becomes of the
-    finish). (True when it finished, the lead's status now.)"""
-    key = ("finish", tuple(final), left is not None, behind.shape() if behind else None)
+    finish). With ``sale``: the sale that ends the tree is counted by the same update
+    of the distribution (as _Driver._sale_statement counts it, on the same conditions),
+    and its row recorded sold, only if all of it holds; its call's log row is written
+    either way. (True when it finished, the lead's status now.)"""
+    key = (
+        "finish", tuple(final), left is not None, behind.shape() if behind else None,
+        None if sale is None else sale.log is not None,
+    )  # fmt: skip
     sql = _sql_texts.get(key)
     q = connection.ops.quote_name
     dist_fields = [Distribution._meta.get_field(name) for name in final]
@@ -819,12 +842,32 @@ def _finish_statement(
             f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in dist_fields
         )
         parts = [behind.ctes()] if behind is not None else []
+        if sale is not None and sale.log is not None:
+            parts.append(f"sl AS ({integration_services.log_insert_sql_text()})")
+        counts = ""
+        if sale is not None:
+            sets += (
+                ", sold_count = sold_count + 1, is_exclusive_sold = %s, redirect_url = "
+                "CASE WHEN redirect_url = '' THEN %s ELSE redirect_url END"
+            )
+            counts = "AND NOT is_exclusive_sold AND (NOT %s OR sold_count = 0) "
         parts.append(
             f"d AS (UPDATE {q(Distribution._meta.db_table)} SET {sets} "  # noqa: S608
-            "WHERE id = %s AND attempt = %s AND status = 'running' "
+            f"WHERE id = %s AND attempt = %s AND status = 'running' {counts}"
             f"AND EXISTS (SELECT 1 FROM {q(Lead._meta.db_table)} "
             f"WHERE id = %s AND (status = '{LeadStatus.REJECTED.value}') = %s) RETURNING id)"
         )
+        if sale is not None:
+            result_fields = [OfferResult._meta.get_field(name) for name in _SALE_ROW_COLUMNS]
+            row_sets = ", ".join(
+                f"{q(f.column)} = CAST(%s AS {f.db_type(connection)})" for f in result_fields
+            )
+            log_ref = "(SELECT id FROM sl), " if sale.log is not None else ""
+            parts.append(
+                f"s AS (UPDATE {q(OfferResult._meta.db_table)} SET {row_sets}, "  # noqa: S608
+                f"post_log_id = COALESCE({log_ref}%s, post_log_id), reason = %s, "
+                "is_sold = true, finished_at = %s WHERE id = %s AND EXISTS (SELECT 1 FROM d))"
+            )
         if left is not None:
             # Not the rows the record behind sets (one statement must not update a row
             # twice).
@@ -832,7 +875,8 @@ def _finish_statement(
                 f"o AS (UPDATE {q(OfferResult._meta.db_table)} SET status = %s, "  # noqa: S608
                 "reason = %s, finished_at = %s WHERE distribution_id = %s "
                 "AND finished_at IS NULL AND EXISTS (SELECT 1 FROM d)"
-                f"{' AND id <> ALL(%b::bigint[])' if behind is not None else ''})"
+                f"{' AND id <> ALL(%b::bigint[])' if behind is not None else ''}"
+                f"{' AND id <> %s' if sale is not None else ''})"
             )
         columns = ", ".join(q(f.column) for f in _EVENT_FIELDS)
         values = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in _EVENT_FIELDS)
@@ -841,27 +885,43 @@ def _finish_statement(
             f"SELECT {values} FROM d)"
         )
         log_id = behind.log_id_sql() if behind is not None else "NULL"
+        sale_log_id = "(SELECT id FROM sl)" if sale is not None and sale.log is not None else "NULL"
         sql = _sql_texts[key] = (
             "WITH " + ", ".join(parts) + " SELECT (SELECT count(*) FROM d), "  # noqa: S608
-            f"(SELECT status FROM {q(Lead._meta.db_table)} WHERE id = %s), {log_id}"
+            f"(SELECT status FROM {q(Lead._meta.db_table)} WHERE id = %s), {log_id}, "
+            f"{sale_log_id}"
         )
     params: list[Any] = behind.params() if behind is not None else []
+    if sale is not None and sale.log is not None:
+        params += integration_services.log_insert_sql(sale.log)[1]
     params += [
         f.get_db_prep_save(value, connection)
         for f, value in zip(dist_fields, final.values(), strict=True)
     ]
-    params += [dist.pk, dist.attempt, lead_id, rejected]
+    if sale is not None:
+        params += [sale.exclusive, sale.redirect]
+    params += [dist.pk, dist.attempt]
+    if sale is not None:
+        params.append(sale.exclusive)
+    params += [lead_id, rejected]
+    if sale is not None:
+        params += sale.values + [sale.row_pk]
     if left is not None:
         params += [left["status"], str(left["reason"])[:500], left["finished_at"], dist.pk]
         if behind is not None:
             params.append([r.pk for r in behind.rows])
+        if sale is not None:
+            params.append(sale.row_pk)
     params += [f.get_db_prep_save(f.pre_save(event, True), connection) for f in _EVENT_FIELDS]
     params.append(lead_id)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        done, status, log_id = cursor.fetchone()
+        done, status, log_id, sale_log_id = cursor.fetchone()
     if behind is not None:
         behind.written(log_id)
+    if sale is not None and sale.log is not None:
+        sale.log.pk = sale_log_id
+        sale.log._state.adding = False
     return bool(done), status
 
 
@@ -1127,6 +1187,9 @@ class _Driver:
         self._ahead: dict[int, OfferResult] = {}
         self._claim_next: tuple[Offer, Tier] | None = None
         self._opened = False  # the last _open inserted its row (not found it)
+        # Set while a sale would end the tree (one sale at most, nothing after it): the
+        # reason for the bids then left unposted ("": the finish's own).
+        self._ends_with_sale: str | None = None
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -1336,9 +1399,11 @@ class _Driver:
         return [c for _, c in sorted(keyed, key=lambda kc: kc[0], reverse=True)]
 
     def _waterfall(self, tier: Tier, eligible: list[_Candidate], until: datetime) -> None:
+        self._ends_with_sale = ""  # the first sale ends the walk, and the tree
         try:
             self._waterfall_walk(tier, eligible, until)
         finally:
+            self._ends_with_sale = None
             # A claim made ahead for a post that will not happen (sold, a callback to
             # wait for, the driver stopped) is taken back: the offer was never asked.
             self._claim_next = None
@@ -1501,8 +1566,32 @@ class _Driver:
     def _post_ranked(self, cands: list[_Candidate], until: datetime, *, max_sales: int) -> None:
         """Post to the highest value first, then the next, up to ``max_sales`` sales."""
         ranked = sorted(cands, key=_rank)
-        sales = 0
         losers: list[OfferResult] = []
+        outbid = "outbid: the lead went to a higher bid"
+        if max_sales == 1:
+            self._ends_with_sale = outbid  # the first sale ends the tree
+        try:
+            sales = self._post_ranked_walk(ranked, until, max_sales, losers)
+        finally:
+            self._ends_with_sale = None
+        if losers and not self.finished:  # (a sale that ended the tree closed them)
+            # One statement for every bidder the sale left behind.
+            why = outbid if sales else "the lead is sold"
+            values = {"status": ResultStatus.OUTBID, "reason": why, "finished_at": timezone.now()}
+            if connection.vendor == "postgresql":
+                self._defer(_Behind(losers, values))  # with the finish, usually
+            else:
+                _results_set([r.pk for r in losers], values)
+            for row in losers:
+                for key, value in values.items():
+                    setattr(row, key, value)
+
+    def _post_ranked_walk(
+        self, ranked: list[_Candidate], until: datetime, max_sales: int,
+        losers: list[OfferResult],
+    ) -> int:  # fmt: skip
+        """Post in rank order; the bids left unposted in ``losers``; the sales made."""
+        sales = 0
         for cand in ranked:
             if sales >= max_sales or (
                 self.dist.sold_count and not self._may_sell(cand.offer, max_sales)
@@ -1520,17 +1609,7 @@ class _Driver:
                 sales += 1
                 if self.dist.is_exclusive_sold:
                     max_sales = sales
-        if losers:
-            # One statement for every bidder the sale left behind.
-            why = "outbid: the lead went to a higher bid" if sales else "the lead is sold"
-            values = {"status": ResultStatus.OUTBID, "reason": why, "finished_at": timezone.now()}
-            if connection.vendor == "postgresql":
-                self._defer(_Behind(losers, values))  # with the finish, usually
-            else:
-                _results_set([r.pk for r in losers], values)
-            for row in losers:
-                for key, value in values.items():
-                    setattr(row, key, value)
+        return sales
 
     def _cut_reason(self, cand: _Candidate, until: datetime) -> str:
         if cand.offer.timeout_seconds <= _seconds_left(until):
@@ -2223,13 +2302,19 @@ class _Driver:
         counted = Decimal("0") if self.lead.is_test else price
         reason = (outcome.reason or "accepted")[:500]  # the column's length
         if connection.vendor == "postgresql" and not self._caps_to_count(offer):
+            if self._ends_with_sale is not None and self._sale_and_finish(
+                offer, row, outcome, price=price, exclusive=exclusive, redirect=redirect,
+                buyer_lead_id=buyer_lead_id, counted=counted, reason=reason,
+            ):  # fmt: skip
+                return True
             # No cap to settle: the sale and its row in one statement (atomic by itself).
+            entry = outcome.log_entry
             sold = self._sale_statement(
                 row, exclusive=exclusive, counted=counted, redirect=redirect, values=[
                     ResultStage.POSTED, ResultStatus.ACCEPTED, ResultStatus.ACCEPTED,
                     outcome.ms, price, redirect, buyer_lead_id[:255], outcome.log_id,
                 ],
-                reason=reason, log=outcome.log_entry,
+                reason=reason, log=entry if entry is not None and entry.pk is None else None,
             )  # fmt: skip
             if outcome.log_entry is not None:
                 outcome.log_id = outcome.log_entry.pk
@@ -2244,6 +2329,12 @@ class _Driver:
         if not sold:
             self._release(row)
             return False
+        self._sold_in_memory(offer, price, exclusive, redirect, counted)
+        return True
+
+    def _sold_in_memory(
+        self, offer: Offer, price: Decimal, exclusive: bool, redirect: str, counted: Decimal
+    ) -> None:
         self.dist.sold_count += 1
         self.dist.is_exclusive_sold = self.dist.is_exclusive_sold or exclusive
         self.dist.revenue += counted
@@ -2251,6 +2342,53 @@ class _Driver:
         if redirect and not self.dist.redirect_url:
             self.dist.redirect_url = redirect
         log.info("pingtree.sold", offer_id=offer.pk, price=str(price))
+
+    def _sale_and_finish(
+        self, offer: Offer, row: OfferResult, outcome: CallOutcome, *, price: Decimal,
+        exclusive: bool, redirect: str, buyer_lead_id: str, counted: Decimal, reason: str,
+    ) -> bool:  # fmt: skip
+        """A sale that ends the tree (PostgreSQL, no cap to settle) and the finish, in
+        one statement (_finish_statement's ``sale``): one commit instead of two. True
+        when both happened. False: nothing was counted (another driver's attempt, or the
+        lead's status changed under the payout), only the call's log row was written;
+        the caller sells as usual and the finish follows as usual."""
+        for ahead in list(self._ahead.values()):
+            self._unclaim(ahead)  # taken back by the same statement
+        dist = self.dist
+        revenue = Decimal("0") if dist.is_test else dist.revenue + counted
+        lead_status = self.lead.status
+        final, left, event = self._finish_values(True, revenue, "", str(offer), lead_status)
+        if self._ends_with_sale:
+            left["reason"] = self._ends_with_sale
+        open_rows = [r for r in self.results.values() if r.finished_at is None and r is not row]
+        now = timezone.now()
+        sale = _SaleEnd(
+            row.pk, exclusive, redirect,
+            [ResultStage.POSTED, ResultStatus.ACCEPTED, ResultStatus.ACCEPTED, outcome.ms,
+             price, redirect, buyer_lead_id[:255], outcome.log_id, reason, now],
+            log=outcome.log_entry,
+        )  # fmt: skip
+        behind = self._behind_take()
+        try:
+            done, _current = _finish_statement(
+                dist, final, left if open_rows else None, event, lead_id=self.lead.pk,
+                rejected=lead_status == LeadStatus.REJECTED, behind=behind, sale=sale,
+            )  # fmt: skip
+        except BaseException:
+            if behind is not None:  # not written: it waits again
+                self._defer(behind)
+            raise
+        if outcome.log_entry is not None:
+            outcome.log_id = outcome.log_entry.pk
+        if not done:
+            return False
+        self._result_sold(row, outcome, price, redirect, buyer_lead_id, reason, True)
+        row.finished_at = now
+        self._sold_in_memory(offer, price, exclusive, redirect, counted)
+        for open_row in open_rows:
+            for key, value in left.items():
+                setattr(open_row, key, value)
+        self._finished(final, lead_status, revenue)
         return True
 
     def _sale_statement(
@@ -2435,6 +2573,8 @@ class _Driver:
     # -- finishing -----------------------------------------------------------------------
 
     def _finish(self) -> None:
+        if self.finished:
+            return  # with the sale that ended the tree (_sale_and_finish)
         # The distribution as this driver knows it: read at its claim, and every sale
         # since is ours (conditional on our attempt) and counted in memory by _sale.
         dist = self.dist
@@ -2493,13 +2633,21 @@ class _Driver:
         for row in open_rows:
             for key, value in left.items():
                 setattr(row, key, value)
+        self._finished(final, lead_status, revenue)
+
+    def _finished(self, final: dict[str, Any], lead_status: str, revenue: Decimal) -> None:
+        """The finish is written: in memory, and what follows it."""
         lead_id = self.lead.pk
         if lead_status == LeadStatus.PENDING:
             transaction.on_commit(lambda: _lead_process_later(lead_id), robust=True)
         for key, value in final.items():
-            setattr(dist, key, value)
+            setattr(self.dist, key, value)
         self.finished = True
-        log.info("pingtree.finished", sold=sold, revenue=str(revenue))
+        log.info(
+            "pingtree.finished",
+            sold=final["status"] == DistributionStatus.SOLD,
+            revenue=str(revenue),
+        )
 
     def _finish_values(
         self, sold: bool, revenue: Decimal, reason: str, buyers: str, lead_status: str

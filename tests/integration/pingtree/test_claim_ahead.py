@@ -220,3 +220,39 @@ def test_the_last_answer_is_recorded_when_the_finish_is_refused(tree, buyers):
     assert dist.status == "running" and dist.attempt == 2  # not finished by this driver
     row = OfferResult.objects.get(distribution=dist)
     assert (row.status, row.reason) == ("rejected", "full") and row.post_log_id is not None
+
+
+def test_the_sale_that_ends_an_auction_and_the_finish_are_one_statement(tree, buyers):
+    """The highest bid buys: its sale is counted, its row recorded sold, the lower bid
+    closed as outbid, the decision and the history written, all by one statement."""
+    from decimal import Decimal
+
+    from structures.models import LeadEvent
+
+    high = tree.offer(
+        "High", price_model="bid", ping=buyers.json("/ph", price="9"), post=buyers.json("/h")
+    )
+    low = tree.offer(
+        "Low", price_model="bid", ping=buyers.json("/pl", price="5"), post=buyers.json("/l")
+    )
+    tree.tier("auction", high, low)
+
+    with CaptureQueriesContext(connection) as queries:
+        dist = distribute(tree.lead())
+
+    counting = [q["sql"] for q in queries.captured_queries if "sold_count + 1" in q["sql"]]
+    assert len(counting) == 1
+    assert '"structures_leadevent"' in counting[0] and "o AS (UPDATE" in counting[0]
+    dist.refresh_from_db()
+    assert (dist.status, dist.sold_count, dist.revenue, dist.payout, dist.margin) == (
+        "sold", 1, Decimal("9"), Decimal("3.6"), Decimal("5.4"),
+    )  # fmt: skip
+    assert dist.lease_until is None and dist.finished_at is not None
+    rows = rows_by_name(dist)
+    assert rows["High"].is_sold and rows["High"].post_log_id is not None
+    assert (rows["Low"].status, rows["Low"].reason) == (
+        "outbid", "outbid: the lead went to a higher bid",
+    )  # fmt: skip
+    assert buyers.total("/l") == 0
+    event = LeadEvent.objects.get(lead=dist.lead, kind="sold")
+    assert event.message == "Sold to High for 9." and event.data["payout"] == "3.6000"

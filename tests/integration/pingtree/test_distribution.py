@@ -565,23 +565,28 @@ def test_a_waterfall_post_reads_its_integrations_state_with_its_row(tree, buyers
     assert "disabled" in row.reason
 
 
-def test_a_lead_rejected_while_its_tree_runs_earns_the_partner_no_payout(tree, buyers, monkeypatch):
-    """The refusal policy may reject the lead while the tree sells it: the finish sees the
-    status of that moment (the statement checks the one the driver read and is redone
-    with the new one), so the partner gets no payout."""
+def test_a_lead_rejected_while_its_tree_runs_earns_the_partner_no_payout(tree, buyers):
+    """The refusal policy may reject the lead while the tree sells it (here: while the
+    buyer has the post): the sale that ends the tree and the finish are one statement
+    that checks the status the driver read, so it does not apply; the sale is then
+    counted alone and the finish, redone with the new status, pays the partner
+    nothing."""
     from structures.models import Lead
 
-    offer = tree.offer("Buyer", post=buyers.json("/p"))
+    def rejected_meanwhile(request):
+        Lead.objects.filter(pcid=request["query"]["lead"][0]).update(status="rejected")
+        return "accepted"
+
+    offer = tree.offer("Buyer", post=buyers.json("/p", rejected_meanwhile))
     tree.tier("waterfall", offer)
     lead = tree.lead()
-    sale = services._Driver._sale
-
-    def sale_then_rejected(self, *args, **kwargs):
-        sold = sale(self, *args, **kwargs)
-        Lead.objects.filter(pk=self.lead.pk).update(status="rejected")
-        return sold
-
-    monkeypatch.setattr(services._Driver, "_sale", sale_then_rejected)
     dist = distribute(lead)
     assert dist.status == "sold"
     assert (dist.revenue, dist.payout, dist.margin) == (Decimal("10"), 0, Decimal("10"))
+    dist.refresh_from_db()
+    assert (dist.status, dist.revenue, dist.payout, dist.sold_count) == (
+        "sold", Decimal("10"), 0, 1,
+    )  # fmt: skip
+    row = OfferResult.objects.get(distribution=dist)
+    assert row.is_sold and (row.post_log_id or row.post_run_id)  # direct call, or a run
+    assert RequestLog.objects.filter(lead=lead).count() == 1  # logged once, not twice
