@@ -164,7 +164,9 @@ class _Pool:
             future, fn, args = item
             if not future.set_running_or_notify_cancel():
                 continue
-            close_old_connections()
+            # Once per job, after it (as Django does at a request's end): an obsolete or
+            # failed connection is closed, and the next job's first query checks it
+            # (CONN_HEALTH_CHECKS); an idle thread closes its own (above).
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # noqa: BLE001  (handed to the waiting driver)
@@ -2333,15 +2335,17 @@ class _Driver:
         return True
 
     def _sold_in_memory(
-        self, offer: Offer, price: Decimal, exclusive: bool, redirect: str, counted: Decimal
-    ) -> None:
+        self, offer: Offer, price: Decimal, exclusive: bool, redirect: str, counted: Decimal,
+        *, log_line: bool = True,
+    ) -> None:  # fmt: skip
         self.dist.sold_count += 1
         self.dist.is_exclusive_sold = self.dist.is_exclusive_sold or exclusive
         self.dist.revenue += counted
         self.dist.margin += counted
         if redirect and not self.dist.redirect_url:
             self.dist.redirect_url = redirect
-        log.info("pingtree.sold", offer_id=offer.pk, price=str(price))
+        if log_line:
+            log.info("pingtree.sold", offer_id=offer.pk, price=str(price))
 
     def _sale_and_finish(
         self, offer: Offer, row: OfferResult, outcome: CallOutcome, *, price: Decimal,
@@ -2384,11 +2388,12 @@ class _Driver:
             return False
         self._result_sold(row, outcome, price, redirect, buyer_lead_id, reason, True)
         row.finished_at = now
-        self._sold_in_memory(offer, price, exclusive, redirect, counted)
+        self._sold_in_memory(offer, price, exclusive, redirect, counted, log_line=False)
         for open_row in open_rows:
             for key, value in left.items():
                 setattr(open_row, key, value)
-        self._finished(final, lead_status, revenue)
+        # One line for both: pingtree.finished with the offer and the price.
+        self._finished(final, lead_status, revenue, sold=(offer.pk, price))
         return True
 
     def _sale_statement(
@@ -2635,18 +2640,24 @@ class _Driver:
                 setattr(row, key, value)
         self._finished(final, lead_status, revenue)
 
-    def _finished(self, final: dict[str, Any], lead_status: str, revenue: Decimal) -> None:
-        """The finish is written: in memory, and what follows it."""
+    def _finished(
+        self, final: dict[str, Any], lead_status: str, revenue: Decimal,
+        sold: tuple[int, Decimal] | None = None,
+    ) -> None:  # fmt: skip
+        """The finish is written: in memory, and what follows it. ``sold``: the offer
+        and the price of the sale written with it (its line is this one)."""
         lead_id = self.lead.pk
         if lead_status == LeadStatus.PENDING:
             transaction.on_commit(lambda: _lead_process_later(lead_id), robust=True)
         for key, value in final.items():
             setattr(self.dist, key, value)
         self.finished = True
+        extra = {} if sold is None else {"offer_id": sold[0], "price": str(sold[1])}
         log.info(
             "pingtree.finished",
             sold=final["status"] == DistributionStatus.SOLD,
             revenue=str(revenue),
+            **extra,
         )
 
     def _finish_values(
