@@ -145,12 +145,17 @@ def run_start(
             if state is not None and state[1] != version:
                 version = state[1]
                 continue
-        if not graph.elements and scenario_default_build(integration=integration):
-            # The build bumped the version: read it again, or the driver would look for
-            # the new elements in the empty graph cached under the old one.
-            state = step_cache.integration_state(integration.pk)
-            version = state[1] if state else None
-            continue
+        if not graph.elements:
+            made = scenario_default_build(integration=integration)
+            # A build bumps the version, this one's or another first run's that made
+            # the elements meanwhile (then this build made none): read it again, or the
+            # driver would look for the elements in the empty graph cached under the old
+            # one.
+            fresh = step_cache.integration_state(integration.pk)
+            if made or (fresh is not None and fresh[1] != version):
+                state = fresh
+                version = fresh[1] if fresh else None
+                continue
         if plan is None:
             raise EngineError(
                 f"The integration {integration.name!r} has no {trigger} start for {meaning!r}."

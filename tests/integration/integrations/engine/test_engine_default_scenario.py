@@ -117,6 +117,27 @@ def test_two_first_runs_at_once_build_one_graph(lead_setup):
     assert integration.elements.count() == 2
 
 
+def test_a_first_run_that_loses_the_build_race_runs_the_winners_graph(
+    lead_setup, lead, httpserver, monkeypatch
+):
+    """Two first runs at once (two leads for a new buyer): the one whose build finds the
+    elements made by the other meanwhile reads the new version and runs them (it used
+    to fail: "has no default start for 'ping'", seen on the demo's first two leads)."""
+    httpserver.expect_request("/ping").respond_with_json({"status": "accepted", "bid": 4})
+    integration = _buyer(lead_setup, httpserver)
+    real = engine.scenario_default_build
+
+    def built_by_the_other_first(*, integration):
+        assert real(integration=integration) > 0  # the other run's build commits first
+        return 0  # this one finds its elements
+
+    monkeypatch.setattr(engine, "scenario_default_build", built_by_the_other_first)
+    run = engine.run_start(integration=integration, lead=lead, meaning="ping")
+    run = engine.run_drive(run_id=run.pk, deadline_seconds=5)
+    assert run.status == "succeeded" and run.result["kind"] == "accepted"
+    assert integration.elements.filter(kind=Kind.START).count() == 2
+
+
 def test_the_task_path_names_the_step_on_its_log_row(lead_setup, lead, httpserver):
     httpserver.expect_request("/ping").respond_with_json({"status": "accepted", "bid": 3})
     httpserver.expect_request("/post").respond_with_json({"status": "accepted"})
