@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -1519,8 +1520,16 @@ class _Driver:
         self._open_many([c.offer for c in eligible], tier)
         for cand in eligible:
             cand.result = self.results[cand.offer.pk]
-        # Each ping may take its offer's timeout, none more than the tier's time; waiting
-        # for each in turn up to its own absolute deadline waits for all at once.
+        # Each ping may take its offer's timeout, none more than the tier's time. Waited
+        # for all at once, up to the latest of those deadlines (one wake-up of this
+        # thread, not one per answer while the pool threads read theirs), then each in
+        # turn up to its own (at once for an answered one).
+        if pinged:
+            latest = max(
+                started + min(cand.offer.timeout_seconds, _seconds_left(until))
+                for cand, _call, _future, started, _variables in pinged
+            )
+            futures_wait([p[2] for p in pinged], timeout=max(latest - time.monotonic(), 0))
         for cand, call, future, started, variables in pinged:
             own = min(cand.offer.timeout_seconds, _seconds_left(until))
             outcome, run_id = self._ping_finish(
