@@ -1521,15 +1521,18 @@ class _Driver:
         for cand in eligible:
             cand.result = self.results[cand.offer.pk]
         # Each ping may take its offer's timeout, none more than the tier's time. Waited
-        # for all at once, up to the latest of those deadlines (one wake-up of this
-        # thread, not one per answer while the pool threads read theirs), then each in
-        # turn up to its own (at once for an answered one).
-        if pinged:
-            latest = max(
-                started + min(cand.offer.timeout_seconds, _seconds_left(until))
-                for cand, _call, _future, started, _variables in pinged
-            )
-            futures_wait([p[2] for p in pinged], timeout=max(latest - time.monotonic(), 0))
+        # for all at once until every one has answered or passed its own deadline (one
+        # wake-up of this thread in the usual case, not one per answer while the pool
+        # threads read theirs), then each is taken (at once, or cut at its deadline).
+        pending = {
+            future: started + min(cand.offer.timeout_seconds, _seconds_left(until))
+            for cand, _call, future, started, _variables in pinged
+        }
+        while pending:
+            now = time.monotonic()
+            pending = {f: d for f, d in pending.items() if d > now and not f.done()}
+            if pending:
+                futures_wait(list(pending), timeout=min(pending.values()) - now)
         for cand, call, future, started, variables in pinged:
             own = min(cand.offer.timeout_seconds, _seconds_left(until))
             outcome, run_id = self._ping_finish(
