@@ -633,33 +633,17 @@ def _set_params(pks: list[int], values: dict[str, Any], log: Any = None) -> list
     return params
 
 
-def _results_set(pks: list[int], values: dict[str, Any], *, log: Any = None) -> int:
-    """UPDATE these rows' fields (names or attnames) to the same values; rows changed.
-    ``log``: a deferred request log row (PostgreSQL) inserted by the same statement and
-    set as their post_log; returns its id then."""
+def _results_set(pks: list[int], values: dict[str, Any]) -> int:
+    """UPDATE these rows' fields (names or attnames) to the same values; rows changed. (A
+    record with its call's deferred log row is written behind: _Behind.)"""
     if not pks:
         return 0
     if connection.vendor != "postgresql":
         return OfferResult.objects.filter(pk__in=pks).update(**values)
-    own = _no_flush()
-    key = ("set", tuple(values), log is not None, own)
-    sql = _sql_texts.get(key)
-    if sql is None:
-        update = _set_update_text(tuple(values), log=log is not None, own=own)
-        if log is not None:
-            update = (
-                f"WITH lg AS ({integration_services.log_insert_sql_text()}), "  # noqa: S608
-                f"u AS ({update} RETURNING 1) SELECT (SELECT id FROM lg)"
-            )
-        sql = _sql_texts[key] = update
-    params = _set_params(pks, values, log)
+    sql = _set_update_text(tuple(values), log=False, own=_no_flush())
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if log is None:
-            return cursor.rowcount
-        log.pk = cursor.fetchone()[0]
-        log._state.adding = False
-        return log.pk
+        cursor.execute(sql, _set_params(pks, values))
+        return cursor.rowcount
 
 
 # --- offers: pause, resume, health --------------------------------------------------------
@@ -1883,9 +1867,9 @@ class _Driver:
         self, row: OfferResult, *, finished: bool = False, log: Any = None, behind: bool = False,
         **values: Any,
     ) -> OfferResult:  # fmt: skip
-        """Update the row (and memory); ``log``: a deferred post log written in the same
-        statement, linked as the row's post_log; ``behind``: written behind (_defer), on
-        PostgreSQL."""
+        """Update the row (and memory); ``behind``: written behind (_defer), on PostgreSQL,
+        with ``log``: the call's deferred log row (deferred on PostgreSQL only), written
+        by the same statement and linked as the row's post_log."""
         if "reason" in values:
             values["reason"] = str(values["reason"])[:500]
         if finished:
@@ -1894,10 +1878,9 @@ class _Driver:
             if log is not None:
                 values.pop("post_log_id", None)
             self._defer(_Behind([row], values, log))
-        elif log is not None:
-            values.pop("post_log_id", None)
-            values["post_log_id"] = _results_set([row.pk], values, log=log)
         else:
+            if log is not None:
+                raise ValueError("a deferred log row is written behind (behind=True)")
             _results_set([row.pk], values)
         for key, value in values.items():
             setattr(row, key, value)
