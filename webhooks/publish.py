@@ -94,7 +94,7 @@ class _Template:
 
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"template": None, "broker": None}
+_state: dict[str, Any] = {"template": None, "broker": None, "settings": None}
 
 
 def _task() -> Any:
@@ -209,9 +209,25 @@ def _broker_url(app: Any) -> str:
     return str(app.conf.broker_write_url or app.conf.broker_url or "")
 
 
-def _template(app: Any) -> _Template | None:
+def _settings(app: Any) -> tuple[bool, str]:
+    """(tasks run eagerly, broker URL) for the app. Each of Celery's settings lookups
+    goes through its configuration view's key aliases and Django's settings: the three
+    a send needs cost ~25 us, a tenth of the send (bench-callbacks). They are read again
+    only when what can change them after start-up changes: the app's runtime settings
+    (``app.conf.changes``, what a test or ``app.conf.x = ...`` sets) or the broker URL in
+    the environment, which Celery reads first."""
+    changes = app.conf.changes
+    env = os.environ.get("CELERY_BROKER_URL")
+    seen = _state.get("settings")
+    if seen is None or seen[0] is not app or seen[1] != changes or seen[2] != env:
+        seen = (app, dict(changes), env, bool(app.conf.task_always_eager), _broker_url(app))
+        _state["settings"] = seen
+    return seen[3], seen[4]
+
+
+def _template(app: Any, broker: str | None = None) -> _Template | None:
     """The template for the app's current broker (taken again when it changes)."""
-    broker = _broker_url(app)
+    broker = _broker_url(app) if broker is None else broker
     if _state["broker"] == broker:
         return _state["template"]
     with _lock:
@@ -231,7 +247,7 @@ def reset() -> None:
     """Forget the template (tests)."""
     with _lock:
         template = _state["template"]
-        _state.update(template=None, broker=None)
+        _state.update(template=None, broker=None, settings=None)
     _release(template)
 
 
@@ -245,7 +261,9 @@ def step_execute_send(step_id: int) -> None:
     """Send ``integrations.step_execute`` for ``step_id``; never raises for a broker
     failure (the sweeper sends the step again)."""
     task = _task()
-    template = None if task.app.conf.task_always_eager else _template(task.app)
+    app = task.app
+    eager, broker = _settings(app)
+    template = None if eager else _template(app, broker)
     if template is None:
         try:
             task.delay(step_id)
@@ -254,7 +272,7 @@ def step_execute_send(step_id: int) -> None:
         return
     task_id = str(uuid.uuid4())
     root_id, parent_id = task_id, None
-    parent = task.app.current_worker_task
+    parent = app.current_worker_task
     if parent is not None:  # the sweeper, in a worker: link to it as Celery would
         root_id, parent_id = parent.request.root_id or parent.request.id, parent.request.id
     headers = {**template.headers, "id": task_id, "root_id": root_id, "parent_id": parent_id,

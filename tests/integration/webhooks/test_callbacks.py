@@ -522,12 +522,16 @@ def test_pcid_pairing_ignores_a_lead_of_another_endpoint(lead_setup, lead):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_raw_request_is_committed_before_it_is_processed(
+def test_a_failure_while_processing_never_loses_the_raw_request(
     hook, lead, monkeypatch, django_capture_on_commit_callbacks
 ):
+    """The statement that stores and matches a callback fails in the database: the
+    request is then stored on its own (committed) before it is matched; the matching
+    crashes too, and the sweep matches the stored request later."""
     from django.db import connections
 
     run = hook.start(lead)
+    monkeypatch.setattr(services, "_receive_sql", lambda external: "SELECT 1 / 0")
     seen = []
 
     def crash(**kwargs: Any) -> None:
@@ -567,3 +571,88 @@ def test_the_raw_request_is_committed_before_it_is_processed(
         assert services.waiting_sweep()["matched"] == 1
     run.refresh_from_db()
     assert run.status == ScenarioRun.Status.SUCCEEDED and run.result["captured"]["price"] == "7.70"
+
+
+def test_a_callback_is_stored_and_matched_by_one_statement(
+    hook, lead, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's (SQLite: the ORM in a transaction)")
+    run = hook.start(lead)
+    hook.call(json_body={"pcid": "not-waiting-yet"})  # the endpoint is remembered now
+    with (
+        django_capture_on_commit_callbacks(execute=False),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        response = hook.call(json_body={"pcid": lead.pcid, "status": "sold", "price": "3"})
+    assert response.status_code == 200
+    writes = [q["sql"] for q in queries.captured_queries if "webhooks_" in q["sql"]]
+    assert len(writes) == 1 and "INSERT INTO webhooks_inboundwebhookrequest" in writes[0]
+    assert "UPDATE webhooks_waitingwebhook" in writes[0]
+    inbound = InboundWebhookRequest.objects.get(identifier=lead.pcid)
+    waiting = hook.waiting(run)
+    assert (inbound.status, inbound.note, inbound.waiting_id) == (Inbound.MATCHED, "", waiting.pk)
+    assert hook.parked_step(run).input["resumed"] == {"inbound_id": inbound.pk}
+    run.refresh_from_db()
+    assert run.status == ScenarioRun.Status.RUNNING  # its step is due: resumed
+    early = InboundWebhookRequest.objects.get(identifier="not-waiting-yet")
+    assert (early.status, early.note) == (Inbound.UNMATCHED, "nothing waiting yet")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_claimed_by_another_callback_meanwhile_makes_a_duplicate(hook, lead):
+    """The statement's snapshot still shows the row waiting, but another callback claims
+    it first (the claim waits for its lock, then finds it matched): decided again with a
+    fresh read, this callback is a duplicate, not a 404."""
+    import threading
+    import time
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks across connections: PostgreSQL")
+    run = hook.start(lead)
+    waiting = hook.waiting(run)
+    other = connections.create_connection("default")
+    answers = []
+
+    def call() -> None:
+        try:
+            answers.append(hook.call(json_body={"pcid": lead.pcid, "status": "sold"}))
+        finally:
+            connections.close_all()
+
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute(
+                "UPDATE webhooks_waitingwebhook SET status = 'matched' WHERE id = %s",
+                [waiting.pk],
+            )
+        thread = threading.Thread(target=call)
+        thread.start()
+        waited = 0.0
+        with connection.cursor() as cursor:  # until the callback waits for the row's lock
+            while waited < 10:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s",
+                    ["%webhooks_inboundwebhookrequest%"],
+                )
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.02)
+                waited += 0.02
+        other.commit()
+        thread.join(10)
+    finally:
+        other.close()
+    assert [(a.status_code, a.json()["message"]) for a in answers] == [
+        (200, "Webhook already received")
+    ]
+    inbound = InboundWebhookRequest.objects.get()
+    assert (inbound.status, inbound.waiting_id) == (Inbound.DUPLICATE, waiting.pk)
+    assert "resumed" not in hook.parked_step(run).input

@@ -80,6 +80,25 @@ def test_each_send_has_its_own_ids(real_broker):
     assert [first.decode()[0], second.decode()[0]] == [[1], [2]]
 
 
+def test_a_change_of_celerys_settings_after_start_takes_effect_on_the_next_send(
+    real_broker, monkeypatch
+):
+    publish.step_execute_send(1)  # the settings are read once, then remembered
+    assert real_broker.get(timeout=2).decode()[0] == [1]
+    ran = []
+    monkeypatch.setattr(engine, "step_execute", lambda *, step_id: ran.append(step_id) or [])
+    app.conf.task_always_eager = True  # runtime settings changed: read again
+    publish.step_execute_send(2)
+    assert ran == [2]  # run here, not pushed (the next message below is 4)
+    app.conf.task_always_eager = False
+    session = publish._broker_url(app)
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # read before the conf
+    assert publish._settings(app) == (False, "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CELERY_BROKER_URL", session)
+    publish.step_execute_send(4)
+    assert real_broker.get(timeout=2).decode()[0] == [4]
+
+
 def test_a_broken_connection_is_dropped_and_the_next_send_connects_again(real_broker):
     publish.step_execute_send(1)
     pusher = publish._state["template"].client
@@ -143,7 +162,7 @@ def test_a_failed_send_loses_nothing_the_sweeper_sends_the_step_again(
         })  # fmt: skip
         monkeypatch.setattr(publish, "_state", {"template": template, "broker": template.broker})
     else:
-        monkeypatch.setattr(publish, "_template", lambda app: None)
+        monkeypatch.setattr(publish, "_template", lambda app, broker=None: None)
 
         def refused(*args: Any) -> None:
             raise ConnectionRefusedError("broker down")
