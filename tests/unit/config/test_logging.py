@@ -28,3 +28,30 @@ def test_a_line_below_the_level_stops_at_the_first_processor():
         structlog.configure(processors=processors)
         root.setLevel(level)
     assert seen == ["at.the.level"]
+
+
+def test_a_line_below_its_loggers_level_builds_nothing(monkeypatch):
+    """Dropped before the event dict and the context merge (the wrapper class), also
+    through ``log(level, ...)`` and for a logger with its own level (django-structlog's
+    ``task_enqueued`` at every task sent from a web request)."""
+    from config.logging import LeveledBoundLogger
+
+    assert structlog.get_config()["wrapper_class"] is LeveledBoundLogger
+    built: list[str] = []
+    real = structlog.stdlib.BoundLogger._proxy_to_logger
+
+    def spy(self, method_name, event=None, *args, **kw):
+        built.append(event)
+        return real(self, method_name, event, *args, **kw)
+
+    monkeypatch.setattr(structlog.stdlib.BoundLogger, "_proxy_to_logger", spy)
+    quiet = logging.getLogger("tests.logging.quiet")
+    monkeypatch.setattr(quiet, "level", logging.WARNING)
+    quiet.manager._clear_cache()
+    log = LeveledBoundLogger(quiet, structlog.get_config()["processors"], {})
+    log.info("dropped.info")
+    log.log(logging.INFO, "dropped.log")
+    log.debug("dropped.debug")
+    log.warning("kept.warning")
+    log.log(logging.ERROR, "kept.log")
+    assert built == ["kept.warning", "kept.log"]
