@@ -1,16 +1,19 @@
 """Writes of the webhooks app: endpoints and their secrets, receiving a callback (stored
-raw first, then matched to a waiting lead and the parked run resumed), parking and
-waking webhook steps, and the sweep that matches early callbacks.
+raw and matched to a waiting lead, the parked run resumed), parking and waking webhook
+steps, and the sweep that matches early callbacks.
 
 How one callback changes state once:
 
-1. the raw request is stored (one INSERT, committed) before anything else;
-2. one statement claims the oldest waiting row for the identifier
-   (``UPDATE ... WHERE id = (SELECT ... status='waiting' ...) AND status='waiting'``) and,
-   in the same statement, resumes its parked step the way ``engine.step_resume`` does:
-   of two identical callbacks arriving together one claims it, the other updates
-   nothing, finds the row matched and is answered 2xx as a duplicate;
-3. the step's task is sent after that commit (one Redis command, ``publish.py``); the
+1. one statement (``_receive_sql``) stores the raw request with its final status and,
+   in the same transaction, claims the oldest waiting row for the identifier
+   (``UPDATE ... WHERE id = (SELECT ... status='waiting' ...) AND status='waiting'``)
+   and resumes its parked step the way ``engine.step_resume`` does: of two identical
+   callbacks arriving together one claims it, the other updates nothing and is stored
+   and answered 2xx as a duplicate. Nothing is processed that is not stored with it.
+   A signed callback is stored first on its own (its replay check on the message id
+   must refuse it before anything is claimed), then matched by ``_match_sql``; so is any
+   callback whose one statement failed, so a failure while processing never loses it;
+2. the step's task is sent after that commit (one Redis command, ``publish.py``); the
    scenario goes on on a worker. A failed send is re-driven by the engine's sweeper.
 
 If the step's deadline fired first (the step is running its timeout visit), the row is

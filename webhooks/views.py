@@ -3,9 +3,9 @@
 Answers are JSON ``{"code": <status>, "message": ...}``. An unknown URL, a revoked one and
 a callback that matches nothing get the same 404 body, so the answer never tells a
 caller whether a token exists; calls to unknown URLs are counted per source address and
-answered 429 past a limit. The raw request is stored before it is processed
-(``services.callback_receive``) and the answer comes as soon as the waiting lead is
-resumed: the scenario continues on a worker.
+answered 429 past a limit. The raw request is stored with its processing, never
+after it (``services.callback_receive``), and the answer comes as soon as the waiting lead
+is resumed: the scenario continues on a worker.
 """
 
 from __future__ import annotations
