@@ -11,13 +11,21 @@ class LeveledBoundLogger(structlog.stdlib.BoundLogger):
     anything else: no event dict, no context merge, no processor chain (the
     ``filter_by_level`` processor did the same after building them: ~15 us a dropped
     line, as for django-structlog's ``task_enqueued`` at every task sent from a web
-    request, bench-callbacks). A method name that is not a level goes on as before."""
+    request, bench-callbacks). Only while the chain starts with that processor, which
+    would drop the line anyway: ``structlog.testing.capture_logs`` swaps the chain (the
+    same list, in place) and then sees every line. A method name that is not a level
+    goes on as before."""
 
     def _proxy_to_logger(
         self, method_name: str, event: str | None = None, *event_args: str, **event_kw: Any
     ) -> Any:
         level = structlog.stdlib.NAME_TO_LEVEL.get(method_name)
-        if level is not None and not self._logger.isEnabledFor(level):
+        if (
+            level is not None
+            and self._processors
+            and self._processors[0] is structlog.stdlib.filter_by_level
+            and not self._logger.isEnabledFor(level)
+        ):
             return None
         return super()._proxy_to_logger(method_name, event, *event_args, **event_kw)
 

@@ -55,3 +55,6 @@ def test_a_line_below_its_loggers_level_builds_nothing(monkeypatch):
     log.warning("kept.warning")
     log.log(logging.ERROR, "kept.log")
     assert built == ["kept.warning", "kept.log"]
+    with structlog.testing.capture_logs() as captured:  # the chain swapped: every line
+        log.debug("captured.debug")
+    assert [line["event"] for line in captured] == ["captured.debug"]
