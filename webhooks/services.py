@@ -608,33 +608,39 @@ def _inbound_set(inbound_id: int, status: str, note: str = "", **extra: Any) -> 
     )
 
 
-@functools.cache
-def _match_sql(external: bool) -> str:
-    """``_match``'s statement for a pairing mode (built once per process)."""
+def _waiting_where(external: bool) -> str:
+    """The waiting rows of the callback's identifier, by pairing mode."""
     if external:
-        where = "endpoint_id = %(endpoint)s AND external_id = %(ident)s AND advertiser_id = %(adv)s"
-    else:
-        where = "endpoint_id = %(endpoint)s AND pcid = %(ident)s"
+        return "endpoint_id = %(endpoint)s AND external_id = %(ident)s AND advertiser_id = %(adv)s"
+    return "endpoint_id = %(endpoint)s AND pcid = %(ident)s"
+
+
+def _claim_cte(external: bool, *, guard: str = "") -> str:
+    """CTE ``w``: claim the oldest waiting row for the identifier (``guard``: a further
+    condition). Lock order: waiting row, step, run; the step's own handler locks the
+    run, then its waiting row, but only after claiming the step, which the step lock
+    of ``_resume_ctes`` excludes."""
+    where = _waiting_where(external)
     waiting = WaitingWebhook._meta.db_table
-    inbound = InboundWebhookRequest._meta.db_table
-    step_table = RunStep._meta.db_table
-    run_table = ScenarioRun._meta.db_table
-    # One statement, one round trip (its own transaction outside an atomic block): claim
-    # the waiting row, mark the callback matched, and resume the parked step exactly as
-    # engine.step_resume does (input.resumed set, due now, the run running again) when
-    # it is still parked and not resumed. The callback path is the hot one (bench-
-    # callbacks): six round trips here cost half our throughput. Lock order: waiting
-    # row, step, run; the step's own handler locks the run, then its waiting row, but
-    # only after claiming the step, which this statement's step lock excludes.
     return f"""
-        WITH w AS (
+        w AS (
             UPDATE {waiting} SET status = 'matched', matched_at = %(now)s
             WHERE id = (SELECT id FROM {waiting} WHERE {where} AND status = 'waiting'
                         ORDER BY id LIMIT 1)
-              AND status = 'waiting'
+              AND status = 'waiting' {guard}
             RETURNING id, step_id
-        ), s AS (
-            UPDATE {step_table} SET input = input || %(resumed)s::jsonb, due_at = %(now)s,
+        )"""  # noqa: S608 - table names from the models, values bound
+
+
+def _resume_ctes(resumed: str) -> str:
+    """CTEs ``s`` and ``r``: resume the claimed row's parked step exactly as
+    engine.step_resume does (``resumed`` merged into its input, due now, the run running
+    again) when it is still parked and not resumed."""
+    step_table = RunStep._meta.db_table
+    run_table = ScenarioRun._meta.db_table
+    return f"""
+        s AS (
+            UPDATE {step_table} SET input = input || {resumed}, due_at = %(now)s,
                 enqueued_at = %(now)s
             WHERE id = (SELECT step_id FROM w) AND status = 'pending'
               AND input ? 'parked' AND NOT input ? 'resumed'
@@ -642,7 +648,18 @@ def _match_sql(external: bool) -> str:
         ), r AS (
             UPDATE {run_table} SET status = 'running'
             WHERE id = (SELECT run_id FROM s) AND status = 'waiting'
-        ), i AS (
+        )"""  # noqa: S608 - table names from the models, values bound
+
+
+@functools.cache
+def _match_sql(external: bool) -> str:
+    """``_match``'s statement for a pairing mode (built once per process): claim the
+    waiting row, resume the parked step, mark the stored callback matched. One
+    statement, one round trip (its own transaction outside an atomic block): the
+    callback path is the hot one (bench-callbacks)."""
+    inbound = InboundWebhookRequest._meta.db_table
+    return f"""
+        WITH {_claim_cte(external)}, {_resume_ctes("%(resumed)s::jsonb")}, i AS (
             UPDATE {inbound} SET status = 'matched', waiting_id = (SELECT id FROM w)
             WHERE id = %(inbound)s AND EXISTS (SELECT 1 FROM w)
         )
@@ -736,39 +753,29 @@ _RECEIVE_COLUMNS = """
 @functools.cache
 def _receive_sql(external: bool) -> str:
     """``_receive``'s statement for a pairing mode (built once per process)."""
-    if external:
-        where = "endpoint_id = %(endpoint)s AND external_id = %(ident)s AND advertiser_id = %(adv)s"
-    else:
-        where = "endpoint_id = %(endpoint)s AND pcid = %(ident)s"
+    where = _waiting_where(external)
     waiting = WaitingWebhook._meta.db_table
     inbound = InboundWebhookRequest._meta.db_table
-    step_table = RunStep._meta.db_table
-    run_table = ScenarioRun._meta.db_table
     # live: the endpoint as this process decided with it (see _ENDPOINT_MEMO); nothing is
-    # claimed or stored otherwise. w, s, r: _match_sql's claim and resume. last: what
-    # the identifier's newest waiting row is when nothing was claimed (a duplicate, a late
-    # or an early callback), so the stored request has its final status at once; when
-    # that row reads 'waiting' (claimed by a concurrent callback after this statement's
-    # snapshot) the caller decides again with a fresh read. The step's resumed input
-    # names the stored request, which the insert returns.
+    # claimed or stored otherwise. w, s, r: the claim and the resume of _match_sql. last:
+    # what the identifier's newest waiting row is when nothing was claimed (a duplicate,
+    # a late or an early callback), so the stored request has its final status at once;
+    # when that row reads 'waiting' (claimed by a concurrent callback after this
+    # statement's snapshot) the caller decides again with a fresh read. The step's
+    # resumed input names the stored request, which the insert returns.
+    resumed = "jsonb_build_object('resumed', jsonb_build_object('inbound_id', (SELECT id FROM i)))"
     return f"""
         WITH live AS (
             SELECT 1 FROM webhooks_webhookendpoint e
             WHERE e.id = %(endpoint)s AND e.deleted_at IS NULL AND e.is_enabled
               AND {_fingerprint_sql("e.")} = %(fingerprint)s
-        ), w AS (
-            UPDATE {waiting} SET status = 'matched', matched_at = %(at)s
-            WHERE id = (SELECT id FROM {waiting} WHERE {where} AND status = 'waiting'
-                        ORDER BY id LIMIT 1)
-              AND status = 'waiting' AND EXISTS (SELECT 1 FROM live)
-            RETURNING id, step_id
-        ), last AS (
+        ), {_claim_cte(external, guard="AND EXISTS (SELECT 1 FROM live)")}, last AS (
             SELECT id, status FROM {waiting}
             WHERE {where} AND NOT EXISTS (SELECT 1 FROM w) ORDER BY id DESC LIMIT 1
         ), i AS (
             INSERT INTO {inbound} ({_RECEIVE_COLUMNS})
             SELECT %(workspace)s, %(endpoint)s, %(method)s, %(path)s, %(query)s::jsonb,
-                %(headers)s::jsonb, %(content_type)s, %(body)s, %(ip)s, %(at)s,
+                %(headers)s::jsonb, %(content_type)s, %(body)s, %(ip)s, %(now)s,
                 %(identifier)s, %(advertiser)s, '',
                 CASE WHEN w.id IS NOT NULL THEN %(matched)s
                      WHEN last.status = 'matched' THEN %(duplicate)s
@@ -781,18 +788,7 @@ def _receive_sql(external: bool) -> str:
                 COALESCE(w.id, CASE WHEN last.status = 'matched' THEN last.id END)
             FROM live LEFT JOIN w ON true LEFT JOIN last ON true
             RETURNING id
-        ), s AS (
-            UPDATE {step_table}
-            SET input = input || jsonb_build_object(
-                    'resumed', jsonb_build_object('inbound_id', (SELECT id FROM i))),
-                due_at = %(at)s, enqueued_at = %(at)s
-            WHERE id = (SELECT step_id FROM w) AND status = 'pending'
-              AND input ? 'parked' AND NOT input ? 'resumed'
-            RETURNING id, run_id
-        ), r AS (
-            UPDATE {run_table} SET status = 'running'
-            WHERE id = (SELECT run_id FROM s) AND status = 'waiting'
-        )
+        ), {_resume_ctes(resumed)}
         SELECT (SELECT id FROM i), w.id, w.step_id, (SELECT id FROM s),
                (SELECT status FROM last)
         FROM (SELECT 1) AS one LEFT JOIN w ON true
@@ -812,7 +808,7 @@ def _receive(
     matches a stored request left unprocessed). None when nothing was stored (the
     endpoint changed: the caller reads it again)."""
     external = endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID
-    params = {**values, "adv": advertiser_id, "ident": values["identifier"],
+    params = {**values, "now": values["at"], "adv": advertiser_id, "ident": values["identifier"],
               "matched": Inbound.MATCHED, "duplicate": Inbound.DUPLICATE,
               "not_found": Inbound.NOT_FOUND, "unmatched": Inbound.UNMATCHED}  # fmt: skip
     try:
