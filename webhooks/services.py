@@ -444,7 +444,7 @@ def callback_receive(
         and endpoint.trigger_integration_id is None
         and identifier
         and len(identifier) <= MAX_IDENTIFIER
-        and (endpoint.match_by != WebhookEndpoint.MatchBy.EXTERNAL_ID or advertiser_id)
+        and (endpoint.match_by != WebhookEndpoint.MatchBy.EXTERNAL_ID or advertiser_id is not None)
         and not _portable()
     ):
         stored = _receive(endpoint=endpoint, values=values, advertiser_id=advertiser_id)
