@@ -225,9 +225,9 @@ def _settings(app: Any) -> tuple[bool, str]:
     return seen[3], seen[4]
 
 
-def _template(app: Any, broker: str | None = None) -> _Template | None:
-    """The template for the app's current broker (taken again when it changes)."""
-    broker = _broker_url(app) if broker is None else broker
+def _template(app: Any, broker: str) -> _Template | None:
+    """The template for the app's current broker, ``broker`` (taken again when it
+    changes)."""
     if _state["broker"] == broker:
         return _state["template"]
     with _lock:

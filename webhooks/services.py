@@ -564,19 +564,25 @@ def _inbound_insert_orm(values: dict[str, Any]) -> int | None:
         return None
 
 
+def _waiting_rows(endpoint: WebhookEndpoint, identifier: str, advertiser_id: int | None) -> Any:
+    """The waiting rows of the callback's identifier, by pairing mode (the ORM's
+    ``_waiting_where``)."""
+    if endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID:
+        return WaitingWebhook.objects.filter(
+            endpoint_id=endpoint.pk, external_id=identifier, advertiser_id=advertiser_id
+        )
+    return WaitingWebhook.objects.filter(endpoint_id=endpoint.pk, pcid=identifier)
+
+
 def _claim_orm(
     *, endpoint: WebhookEndpoint, identifier: str, advertiser_id: int | None, inbound_id: int
 ) -> tuple[int, int, int | None] | None:
     """``_match``'s statement on the portable path: claim the oldest waiting row, resume
     its parked step as ``engine.step_resume`` does, mark the callback matched."""
-    lookup: dict[str, Any] = {"endpoint_id": endpoint.pk, "status": Waiting.WAITING}
-    if endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID:
-        lookup.update(external_id=identifier, advertiser_id=advertiser_id)
-    else:
-        lookup["pcid"] = identifier
     now = timezone.now()
     with transaction.atomic():
-        first = WaitingWebhook.objects.filter(**lookup).order_by("id")
+        rows = _waiting_rows(endpoint, identifier, advertiser_id)
+        first = rows.filter(status=Waiting.WAITING).order_by("id")
         found = first.values_list("id", "step_id").first()
         if found is None:
             return None
@@ -726,14 +732,8 @@ def _unclaimed(
 ) -> Answer:
     """Nothing waiting was claimed: a duplicate of a matched callback, a late one, or an
     early one (kept, when ``fresh``, for the sweep to match)."""
-    lookup: dict[str, Any] = {"endpoint_id": endpoint.pk}
-    if endpoint.match_by == WebhookEndpoint.MatchBy.EXTERNAL_ID:
-        lookup.update(external_id=identifier, advertiser_id=advertiser_id)
-    else:
-        lookup["pcid"] = identifier
-    last = (
-        WaitingWebhook.objects.filter(**lookup).order_by("-id").values_list("id", "status").first()
-    )
+    rows = _waiting_rows(endpoint, identifier, advertiser_id)
+    last = rows.order_by("-id").values_list("id", "status").first()
     if last is not None and last[1] == Waiting.MATCHED:
         _inbound_set(inbound_id, Inbound.DUPLICATE, "already matched", waiting_id=last[0])
         return DUPLICATE
@@ -764,12 +764,9 @@ def _receive_sql(external: bool) -> str:
     # statement's snapshot) the caller decides again with a fresh read. The step's
     # resumed input names the stored request, which the insert returns.
     resumed = "jsonb_build_object('resumed', jsonb_build_object('inbound_id', (SELECT id FROM i)))"
+    claim = _claim_cte(external, guard="AND EXISTS (SELECT 1 FROM live)")
     return f"""
-        WITH live AS (
-            SELECT 1 FROM webhooks_webhookendpoint e
-            WHERE e.id = %(endpoint)s AND e.deleted_at IS NULL AND e.is_enabled
-              AND {_fingerprint_sql("e.")} = %(fingerprint)s
-        ), {_claim_cte(external, guard="AND EXISTS (SELECT 1 FROM live)")}, last AS (
+        WITH live AS (SELECT 1 {_INBOUND_GUARD}), {claim}, last AS (
             SELECT id, status FROM {waiting}
             WHERE {where} AND NOT EXISTS (SELECT 1 FROM w) ORDER BY id DESC LIMIT 1
         ), i AS (
