@@ -38,7 +38,14 @@ import structlog
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from integrations import secrets
@@ -792,6 +799,38 @@ def _receive_sql(external: bool) -> str:
     """  # noqa: S608 - table names from the models, values bound
 
 
+def _receive_row(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    """Run ``_receive``'s statement; it is also the connection's health check.
+
+    Django checks a kept connection with a ``SELECT 1`` round trip before the first query
+    of each request (``CONN_HEALTH_CHECKS``): one more wait and one more query per
+    callback (bench-callbacks, docs/benchmarks.md). Here the statement checks it: when it
+    fails and the connection turns out dead, the connection is dropped and the statement
+    runs once more on a new one. That is safe: a statement sent on a dead connection
+    committed nothing; one whose connection died after its commit is found matched by
+    the second run, which answers a duplicate (the resumed step's task then comes from
+    the sweeper, as after a lost send). A failure on a live connection is raised as is."""
+    unchecked = (
+        connection.health_check_enabled
+        and not connection.health_check_done
+        and connection.connection is not None
+    )
+    if unchecked:
+        connection.health_check_done = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    except (OperationalError, InterfaceError):
+        if not unchecked or connection.is_usable():
+            raise
+    log.info("webhooks.receive_reconnected")
+    connection.close()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
 def _receive(
     *, endpoint: WebhookEndpoint, values: dict[str, Any], advertiser_id: int | None
 ) -> Answer | None:
@@ -809,9 +848,8 @@ def _receive(
               "matched": Inbound.MATCHED, "duplicate": Inbound.DUPLICATE,
               "not_found": Inbound.NOT_FOUND, "unmatched": Inbound.UNMATCHED}  # fmt: skip
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(_receive_sql(external), params)
-            inbound_id, waiting_id, step_id, resumed, last = cursor.fetchone()
+        row = _receive_row(_receive_sql(external), params)
+        inbound_id, waiting_id, step_id, resumed, last = row
     except DatabaseError:
         if not own_transaction():
             raise  # the caller's transaction is aborted: nothing more can be written in it

@@ -656,3 +656,96 @@ def test_a_row_claimed_by_another_callback_meanwhile_makes_a_duplicate(hook, lea
     inbound = InboundWebhookRequest.objects.get()
     assert (inbound.status, inbound.waiting_id) == (Inbound.DUPLICATE, waiting.pk)
     assert "resumed" not in hook.parked_step(run).input
+
+
+def _new_request(connection) -> None:
+    # What Django does at each request's start for a kept connection (the test client
+    # leaves it out): the connection is to be checked before its first query.
+    connection.health_check_enabled = True
+    connection.health_check_done = False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_one_statement_is_the_connections_health_check(hook, lead, monkeypatch):
+    """No SELECT 1 round trip before a callback's statement: Django's check of a kept
+    connection is skipped, the statement itself shows the connection is alive."""
+    from django.db import connections
+
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's")
+    run = hook.start(lead)
+    hook.call(json_body={"pcid": "not-waiting-yet"})  # the endpoint is remembered now
+    checks = []
+    real = connection.is_usable
+    monkeypatch.setattr(connection, "is_usable", lambda: checks.append(1) or real())
+    _new_request(connection)
+    response = hook.call(json_body={"pcid": lead.pcid, "status": "sold", "price": "4"})
+    assert response.status_code == 200 and response.json()["message"] == "Webhook received"
+    assert checks == []
+    assert hook.waiting(run).status == Waiting.MATCHED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_callback_on_a_connection_the_server_closed_is_matched_on_a_new_one(hook, lead):
+    """The kept connection died between requests (the server restarted, an idle timeout):
+    the callback's statement fails on it, the connection is dropped and the statement
+    runs again on a new one. One match, one stored request, a 200."""
+    import time
+
+    from django.db import connections
+
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's")
+    run = hook.start(lead)
+    hook.call(json_body={"pcid": "not-waiting-yet"})  # the endpoint is remembered now
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        dead = cursor.fetchone()[0]
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [dead])
+            for _ in range(500):  # until the server has closed it
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [dead])
+                if not cursor.fetchone()[0]:
+                    break
+                time.sleep(0.01)
+    finally:
+        other.close()
+    _new_request(connection)
+    response = hook.call(json_body={"pcid": lead.pcid, "status": "sold", "price": "5"})
+    assert response.status_code == 200 and response.json()["message"] == "Webhook received"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != dead
+    assert hook.waiting(run).status == Waiting.MATCHED
+    inbound = InboundWebhookRequest.objects.get(identifier=lead.pcid)
+    assert (inbound.status, inbound.waiting_id) == (Inbound.MATCHED, hook.waiting(run).pk)
+    assert hook.parked_step(run).input["resumed"] == {"inbound_id": inbound.pk}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_failing_on_a_live_connection_is_not_run_twice(hook, lead, monkeypatch):
+    """Only a dead connection makes the statement run again: a failure on a live one
+    goes to the store-then-match path at once, with nothing written twice."""
+    from django.db import connections
+
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's")
+    from django.test.utils import CaptureQueriesContext
+
+    run = hook.start(lead)
+    hook.call(json_body={"pcid": "not-waiting-yet"})  # the endpoint is remembered now
+    # Cancelled by the server: an OperationalError, the class a dead connection raises.
+    cancelled = "SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5)"
+    monkeypatch.setattr(services, "_receive_sql", lambda external: cancelled)
+    _new_request(connection)
+    with CaptureQueriesContext(connection) as queries:
+        response = hook.call(json_body={"pcid": lead.pcid, "status": "sold"})
+    assert response.status_code == 200 and response.json()["message"] == "Webhook received"
+    assert [q["sql"] for q in queries.captured_queries].count(cancelled) == 1
+    assert InboundWebhookRequest.objects.get(identifier=lead.pcid).status == Inbound.MATCHED
+    assert hook.waiting(run).status == Waiting.MATCHED
