@@ -15,7 +15,9 @@ resumed steps' tasks only queue) serves both ``POST /webhooks/<id>/<token>/`` an
 bare ``POST /bench/bare/callbacks/<id>/<token>/`` (``bench/callbacks_bare.py``: the body
 stored as one row). wrk (or the built-in Python generator) sends each request for a new
 lead: ``{"pcid": "cb<i>", "status": "sold", "price": "12.50"}``, index unique across
-threads and runs. Warm-up, then bare, ours, bare, ours, ... (medians of the rounds).
+threads and runs. Warm-up, then bare, ours, bare, ours, ... in short rounds; the ratio is
+the median of each round's ours/bare (the two ran back to back, at the machine's speed
+of that moment), the other figures medians of the rounds.
 
 Checks: every 200 answer of ours is a waiting row now matched and a parked step resumed
 (its input carries the callback), no more matched rows than answers plus requests in
@@ -413,10 +415,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
     parser.add_argument("--warmup", type=float, default=3, help="seconds per endpoint")
-    parser.add_argument("--duration", type=float, default=8, help="seconds per measured run")
-    parser.add_argument("--rounds", type=int, default=3, help="bare/ours pairs; medians taken")
-    # Bare and ours take their bodies from one index: on a quiet machine 3 rounds of 8 s
-    # use ~27,000 (bare ~750/s, ours ~360/s).
+    parser.add_argument("--duration", type=float, default=4, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=6, help="bare/ours pairs; medians taken")
+    # Bare and ours take their bodies from one index: on a quiet machine 6 rounds of 4 s
+    # use ~30,000 (bare ~800/s, ours ~450/s).
     parser.add_argument("--leads", type=int, default=50000, help="parked runs prepared")
     parser.add_argument("--real", type=int, default=50, help="of which parked by the engine")
     parser.add_argument("--loader", choices=["wrk", "python"], default="wrk")
@@ -523,7 +525,16 @@ def main() -> int:
         }
         for w in ("bare", "ours")
     }
-    ratio = med["ours"]["rps"] / med["bare"]["rps"] if med["bare"]["rps"] else 0.0
+    # Each round's bare and ours ran back to back: their ratio is taken per round, then
+    # the median of those. This machine's speed moves by minutes (bare alone 440-810
+    # callbacks/s between runs); a slow spell under one side's rounds but not the
+    # other's moved the ratio of the two medians by up to 0.3 between runs of the same
+    # code, where short paired rounds see both sides at the same speed.
+    pairs = [
+        o.rps / b.rps if b.rps else 0.0 for b, o in zip(runs["bare"], runs["ours"], strict=True)
+    ]
+    ratio = statistics.median(pairs)
+    ratio_of_medians = med["ours"]["rps"] / med["bare"]["rps"] if med["bare"]["rps"] else 0.0
     problems = []
     in_flight = sent_ours - answered_total
     if check["matched"] < answered_total:
@@ -547,6 +558,8 @@ def main() -> int:
             f"{m['app_cpu']:11.2f} {m['db_cpu']:10.2f}")  # fmt: skip
     say(f"(medians of {args.rounds} rounds; concurrency {args.connections}; {loader.tool}; "
         f"{base_machine()})")  # fmt: skip
+    say(f"ours/bare per round: {', '.join(f'{x:.2f}' for x in pairs)}; their median "
+        f"{ratio:.2f} (the ratio of the two medians: {ratio_of_medians:.2f})")  # fmt: skip
     say(
         f"db check: {answered_total} answered 200, {check['matched']} waiting webhooks "
         f"matched, {check['resumed']} parked steps resumed, {in_flight} in flight at the end, "
