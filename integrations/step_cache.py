@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -100,16 +100,17 @@ def integration_state(integration_id: int) -> tuple[str, int] | None:
 _held = threading.local()
 
 
-def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+def fetch_one(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement on the default connection and return its first row.
 
-    The two statements of every buyer call (this version read and the log INSERT) go
-    straight to a psycopg cursor kept per thread and connection, doing what Django's
-    cursor does around it (health check, connect, thread and broken-transaction checks,
-    error translation) but not building a cursor and its wrapper each time (~0.03 ms
-    each, docs/benchmarks.md). Whenever something watches Django's cursors (query
-    logging: DEBUG, tests' CaptureQueriesContext; execute wrappers: instrumentation),
-    Django's cursor is used so that they see the statement.
+    The two statements of every buyer call (this version read and the log INSERT), and
+    a buyer's callback's one statement (webhooks), go straight to a psycopg cursor kept
+    per thread and connection, doing what Django's cursor does around it (health check,
+    connect, thread and broken-transaction checks, error translation) but not building
+    a cursor and its wrapper each time (~0.03 ms each, docs/benchmarks.md). Whenever
+    something watches Django's cursors (query logging: DEBUG, tests'
+    CaptureQueriesContext; execute wrappers: instrumentation), Django's cursor is used
+    so that they see the statement.
     """
     db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper, looked up once
     if db.vendor != "postgresql" or db.queries_logged or db.execute_wrappers:

@@ -48,7 +48,7 @@ from django.db import (
 )
 from django.utils import timezone
 
-from integrations import secrets
+from integrations import secrets, step_cache
 from integrations.engine import services as engine
 from integrations.engine.registry import Effect, StepCall
 from integrations.models import Integration, RunStep, ScenarioRun
@@ -799,7 +799,7 @@ def _receive_sql(external: bool) -> str:
     """  # noqa: S608 - table names from the models, values bound
 
 
-def _receive_row(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+def _receive_row(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     """Run ``_receive``'s statement; it is also the connection's health check.
 
     Django checks a kept connection with a ``SELECT 1`` round trip before the first query
@@ -818,17 +818,13 @@ def _receive_row(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
     if unchecked:
         connection.health_check_done = True
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
+        return step_cache.fetch_one(sql, params)
     except (OperationalError, InterfaceError):
         if not unchecked or connection.is_usable():
             raise
     log.info("webhooks.receive_reconnected")
     connection.close()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+    return step_cache.fetch_one(sql, params)
 
 
 def _receive(
