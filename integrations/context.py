@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
-
-from django.utils import timezone
 
 from structures.models import Field, Lead
 
@@ -49,30 +48,41 @@ SYSTEM_NAMES = (
 
 
 def system_values(lead: Lead | None) -> dict[str, Any]:
-    now = timezone.now()
-    values: dict[str, Any] = {
-        "TIMESTAMP": str(int(time.time())),
-        "TIMESTAMP_MS": str(int(time.time() * 1000)),
+    values = _clock_values()
+    if lead is not None:
+        values.update(_lead_values(lead))
+    return values
+
+
+def _clock_values() -> dict[str, Any]:
+    """The values read off the clock, fresh for each call (one reading for all four)."""
+    seconds = time.time()
+    now = datetime.fromtimestamp(seconds, UTC)
+    return {
+        "TIMESTAMP": str(int(seconds)),
+        "TIMESTAMP_MS": str(int(seconds * 1000)),
         "DATE": now.date().isoformat(),
         "DATETIME": now.isoformat(timespec="seconds"),
     }
-    if lead is not None:
-        values.update(
-            PCID=lead.pcid,
-            LEAD_ID=lead.pcid,
-            LEAD_STATUS=lead.status,
-            PARTNER_ID=str(lead.partner_id or ""),
-            PARTNER_NAME=str(lead.partner) if lead.partner_id else "",
-            STRUCTURE=lead.structure.slug if lead.structure_id else "",
-            WORKSPACE=lead.workspace.slug if lead.workspace_id else "",
-            EXTERNAL_ID=lead.external_id,
-            SUB1=lead.sub1, SUB2=lead.sub2, SUB3=lead.sub3, SUB4=lead.sub4, SUB5=lead.sub5,
-            IP=lead.ip or "",
-            CREATED_AT=lead.created_at.isoformat(timespec="seconds") if lead.created_at else "",
-            IS_TEST="true" if lead.is_test else "false",
-            TRL_TEST="1" if lead.is_test else "0",
-        )  # fmt: skip
-    return values
+
+
+def _lead_values(lead: Lead) -> dict[str, Any]:
+    return {
+        "PCID": lead.pcid,
+        "LEAD_ID": lead.pcid,
+        "LEAD_STATUS": lead.status,
+        "PARTNER_ID": str(lead.partner_id or ""),
+        "PARTNER_NAME": str(lead.partner) if lead.partner_id else "",
+        "STRUCTURE": lead.structure.slug if lead.structure_id else "",
+        "WORKSPACE": lead.workspace.slug if lead.workspace_id else "",
+        "EXTERNAL_ID": lead.external_id,
+        "SUB1": lead.sub1, "SUB2": lead.sub2, "SUB3": lead.sub3, "SUB4": lead.sub4,
+        "SUB5": lead.sub5,
+        "IP": lead.ip or "",
+        "CREATED_AT": lead.created_at.isoformat(timespec="seconds") if lead.created_at else "",
+        "IS_TEST": "true" if lead.is_test else "false",
+        "TRL_TEST": "1" if lead.is_test else "0",
+    }  # fmt: skip
 
 
 def lead_context(
@@ -81,15 +91,29 @@ def lead_context(
     event: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     variables: Mapping[str, Any] | None = None,
+    lead_layer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The context a real send uses."""
-    context: dict[str, Any] = {}
-    if lead is not None:
-        context.update(lead.data)
-    context.update(system_values(lead))
+    """The context a real send uses.
+
+    ``lead_layer``: ``lead_layer(lead)`` taken earlier, for a caller that makes many
+    calls for one lead (the ping tree: a lead's fields and its system values are read
+    once per distribution, the clock on every call)."""
+    context: dict[str, Any] = dict(lead_layer) if lead_layer is not None else lead_layer_of(lead)
+    context.update(_clock_values())
     for layer in (event, extra, variables):
         if layer:
             context.update(layer)
+    return context
+
+
+def lead_layer_of(lead: Lead | None) -> dict[str, Any]:
+    """A lead's fields, then its system values (PCID, PARTNER_ID, ...; not the clock's,
+    which ``lead_context`` adds): the part of a call's context that is the same for every
+    call made for the lead while it is not changed."""
+    if lead is None:
+        return {}
+    context = dict(lead.data)
+    context.update(_lead_values(lead))
     return context
 
 

@@ -278,6 +278,14 @@ def _mask_variants(secrets: tuple[str, ...]) -> tuple[str, ...]:
 
 def mask_url(url: str, secrets: Iterable[str] = ()) -> str:
     """A URL for logs: password in userinfo, secret-looking query values and secrets masked."""
+    return _mask_url(url, tuple(secrets))
+
+
+@functools.lru_cache(maxsize=1024)
+def _mask_url(url: str, secrets: tuple[str, ...]) -> str:
+    """mask_url, remembered: a buyer call masks its URL three times (request, final URL,
+    log line) and a worker calls the same few URLs again and again. Holds only what
+    the step cache and the send already hold in memory."""
     url = _USERINFO_RE.sub(lambda m: f"{m['prefix']}:{_MASK}@", url)
     url = _QUERY_PARAM_RE.sub(
         lambda m: f"{m['name']}={_MASK}" if _SENSITIVE_NAME_RE.search(m["name"]) else m[0], url
@@ -285,8 +293,10 @@ def mask_url(url: str, secrets: Iterable[str] = ()) -> str:
     return mask_secrets(url, secrets)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_sensitive_header(name: str) -> bool:
-    """Authorization, Cookie, X-Api-Key, X-Auth-Token and the like carry credentials."""
+    """Authorization, Cookie, X-Api-Key, X-Auth-Token and the like carry credentials
+    (remembered: every call asks it of each header it sent and received)."""
     return bool(_SENSITIVE_NAME_RE.search(name))
 
 

@@ -52,6 +52,7 @@ cubic in the input length).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -161,8 +162,16 @@ def read_response(
     built: BuiltRequest | None,
     result: OutboundResult,
     context: Mapping[str, Any] | None = None,
+    *,
+    trace: bool = True,
 ) -> Outcome:
-    """Decide what the transport's result means for this step."""
+    """Decide what the transport's result means for this step.
+
+    ``trace=False``: the outcome's trace is left empty (a call nobody shows it for: the
+    ping tree's and the engine's calls; the admin's test send keeps it). The decision,
+    the reason and the captures are the same either way; only the "what the reader
+    looked at" lines, each masked and shortened, are not built (docs/benchmarks.md:
+    about a fifth of a buyer call's Python on a small JSON answer)."""
     secrets = _secrets(spec, built)
     if result.error_kind is not None:
         kind = OutcomeKind.TIMEOUT if result.error_code == ErrorCode.TIMEOUT else OutcomeKind.ERROR
@@ -192,6 +201,7 @@ def read_response(
         truncated=result.truncated,
         context=context or {},
         secrets=secrets,
+        tracing=trace,
     ).outcome()
 
 
@@ -352,7 +362,10 @@ def _json_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=float)
 
 
-def _parse_json_path(key: str) -> list[tuple[str, Any]] | None:
+@functools.lru_cache(maxsize=1024)
+def _parse_json_path(key: str) -> tuple[tuple[str, Any], ...] | None:
+    """The steps of a JSON path, or None when it cannot be read (remembered: a worker
+    reads the same few keys of its buyers' answers on every call)."""
     path = key.strip()
     if path.startswith("$"):
         path = path[1:]
@@ -373,7 +386,7 @@ def _parse_json_path(key: str) -> list[tuple[str, Any]] | None:
             quoted = match.group("single")
             steps.append(("key", quoted if quoted is not None else match.group("double")))
         index = match.end()
-    return steps
+    return tuple(steps)
 
 
 def _json_path(data: Any, key: str) -> tuple[str | None, str]:
@@ -550,12 +563,24 @@ def parse_amount(text: str) -> Decimal | None:
 def _matches_alternatives(value: str, expected: str) -> bool:
     """``approved|accepted`` and ``app*``: case-insensitive, spaces at the ends ignored."""
     actual = value.strip().casefold()
+    exact, patterns = _alternatives(expected)
+    return actual in exact or any(pattern.fullmatch(actual) for pattern in patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _alternatives(expected: str) -> tuple[frozenset[str], tuple[re.Pattern[str], ...]]:
+    """An expected value's alternatives, folded: the plain ones as a set, those with a
+    ``*`` compiled (remembered: rules compare with the same few words on every call)."""
+    exact: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
     for alternative in expected.split("|"):
         text = alternative.strip().casefold()
-        pattern = ".*".join(re.escape(part) for part in text.split("*"))
-        if re.fullmatch(pattern, actual, re.DOTALL):
-            return True
-    return False
+        if "*" in text:
+            pattern = ".*".join(re.escape(part) for part in text.split("*"))
+            patterns.append(re.compile(pattern, re.DOTALL))
+        else:
+            exact.add(text)
+    return frozenset(exact), tuple(patterns)
 
 
 def _apply(condition: Condition, value: str | None) -> tuple[bool, str]:
@@ -644,6 +669,7 @@ class _Reader:
     truncated: bool
     context: Mapping[str, Any]
     secrets: list[str]
+    tracing: bool = True
     trace: list[TraceEntry] = field(default_factory=list)
     _parsed: _Body | None = None
 
@@ -713,6 +739,8 @@ class _Reader:
                 value, note = self.extract(condition.source, condition.key_kind, condition.key)
                 held, why = _apply(condition, value)
                 holds = holds and held
+                if not self.tracing:
+                    continue
                 self.trace.append(
                     TraceEntry(
                         kind=TraceKind.CONDITION,
@@ -728,14 +756,15 @@ class _Reader:
                         note=self.mask("; ".join(n for n in (note, why) if n)),
                     )
                 )
-            self.trace.append(
-                TraceEntry(
-                    kind=TraceKind.RULE,
-                    rule=position,
-                    held=holds,
-                    note=f"decides: {rule.outcome}" if holds and matched is None else "",
+            if self.tracing:
+                self.trace.append(
+                    TraceEntry(
+                        kind=TraceKind.RULE,
+                        rule=position,
+                        held=holds,
+                        note=f"decides: {rule.outcome}" if holds and matched is None else "",
+                    )
                 )
-            )
             if holds and matched is None:
                 matched = position
 
@@ -801,6 +830,8 @@ class _Reader:
                 outcome.variables[capture.target_name] = value
         if captured is not None:
             outcome.captured[label] = captured
+        if not self.tracing:
+            return
         self.trace.append(
             TraceEntry(
                 kind=TraceKind.CAPTURE,

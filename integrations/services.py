@@ -70,6 +70,7 @@ def request_run(
     state: tuple[str, int] | None = None,
     defer_log: bool = False,
     run_step_id: int | None = None,
+    trace: bool = True,
 ) -> RunResult:
     """Build, maybe send, read and log one request.
 
@@ -82,6 +83,8 @@ def request_run(
     read it. ``defer_log``: the log row is built (``RunResult.log``, no pk yet) and the
     caller writes it, in the same statement as its own record (log_insert_sql).
     ``run_step_id``: the scenario step making the call, kept on its log row.
+    ``trace=False``: the outcome carries no reader's trace (nobody shows it: the ping
+    tree's and the engine's calls); the admin's test send keeps it.
     """
     integration = step.integration
     # The status and the configuration version are read now, in one statement: an
@@ -128,7 +131,7 @@ def request_run(
     if send:
         # The send's own log line is folded into this call's line below (one per call).
         result = outbound.send(built.to_outbound(), log_line=False)
-        outcome = read_response(spec, built, result, context)
+        outcome = read_response(spec, built, result, context, trace=trace)
     else:
         result = None
         outcome = Outcome.error(why)
@@ -200,8 +203,10 @@ def _log(
     entry = RequestLog(
         workspace_id=step.workspace_id,
         integration_id=step.integration_id,
-        request_step=step,
-        lead=lead,
+        # Ids, not the objects: nothing reads them back from the row, and setting a
+        # relation through its descriptor was a tenth of building the row.
+        request_step_id=step.pk,
+        lead_id=lead.pk if lead is not None else None,
         origin=origin,
         was_sent=was_sent,
         method=method,

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg._queries as _psycopg_queries
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
@@ -98,6 +99,19 @@ def integration_state(integration_id: int) -> tuple[str, int] | None:
 
 
 _held = threading.local()
+
+# psycopg remembers how it split a statement's text into parts and parameters (an LRU of
+# 128) only for statements under 4 KB and 50 parameters, so that one-off statements do
+# not fill it. Ours are fixed texts built once per process; the ping tree's sale that
+# finishes a lead (its log row, the result, the distribution: 59 parameters) was split
+# again on every sale. The limits are module settings of psycopg's query conversion;
+# raised for our statement sizes (the LRU's size, which bounds its memory, is unchanged).
+_psycopg_queries.MAX_CACHED_STATEMENT_PARAMS = max(
+    _psycopg_queries.MAX_CACHED_STATEMENT_PARAMS, 200
+)
+_psycopg_queries.MAX_CACHED_STATEMENT_LENGTH = max(
+    _psycopg_queries.MAX_CACHED_STATEMENT_LENGTH, 16 * 1024
+)
 
 
 def fetch_one(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...] | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import queue
 import random
 import threading
@@ -60,7 +61,7 @@ from django.utils import timezone
 
 from integrations import services as integration_services
 from integrations import step_cache
-from integrations.context import lead_context
+from integrations.context import lead_context, lead_layer_of
 from integrations.engine import services as engine
 from integrations.engine.graph import graph_get
 from integrations.models import Element, Integration, RequestStep, ScenarioRun
@@ -134,9 +135,14 @@ class _Pool:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
+        self.pid = 0  # the process the threads were started in (none yet)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        self._ensure()
+        # Started once per process: after a fork (prefork workers) the parent's threads
+        # are not alive in the child. Checking each thread on every call cost more than
+        # the call's queueing (32 is_alive() per ping).
+        if self.pid != os.getpid() or len(self.threads) < self.size:
+            self._ensure()
         future: Future = Future()
         self.queue.put((future, fn, args))
         return future
@@ -144,6 +150,7 @@ class _Pool:
     def _ensure(self) -> None:
         with self.lock:
             # After a fork (prefork workers) the parent's threads are not alive here.
+            self.pid = os.getpid()
             self.threads = [t for t in self.threads if t.is_alive()]
             while len(self.threads) < self.size:
                 thread = threading.Thread(
@@ -180,6 +187,7 @@ class _Pool:
         database is dropped)."""
         with self.lock:
             threads, self.threads = self.threads, []
+            self.pid = 0
         for _ in threads:
             self.queue.put(None)
         for thread in threads:
@@ -257,6 +265,7 @@ class _PingCall:
         seconds: float,
         direct: Direct | None = None,
         defer_log: bool = False,
+        lead_layer: dict[str, Any] | None = None,
     ) -> ScenarioRun | integration_services.RunResult | None:
         with self.lock:
             if self.abandoned:
@@ -267,8 +276,9 @@ class _PingCall:
             # records its answer (one commit instead of two on the post's path); a
             # driver that stopped waiting will not, so then it is written here.
             result = integration_services.request_run(
-                step=step, context=lead_context(lead, variables=variables), lead=lead,
-                origin="scenario", state=state, defer_log=defer_log,
+                step=step, lead=lead,
+                context=lead_context(lead, variables=variables, lead_layer=lead_layer),
+                origin="scenario", state=state, defer_log=defer_log, trace=False,
             )  # fmt: skip
             if defer_log and result.log is not None and result.log.pk is None:
                 with self.lock:
@@ -1154,6 +1164,7 @@ class _Driver:
             else self.deadline
         )
         self.tz = lead.workspace.timezone
+        self._layer: dict[str, Any] | None = None
         # A distribution this driver has just created has no result rows yet.
         self.results: dict[int, OfferResult] = (
             {} if fresh else {r.offer_id: r for r in OfferResult.objects.filter(distribution=dist)}
@@ -1888,6 +1899,14 @@ class _Driver:
 
     # -- calls ---------------------------------------------------------------------------
 
+    def _lead_layer(self) -> dict[str, Any]:
+        """The lead's fields and system values, the same for each of its calls (the
+        clock's values are read per call): taken once per distribution (the lead is not
+        changed in memory while it is driven)."""
+        if self._layer is None:
+            self._layer = lead_layer_of(self.lead)
+        return self._layer
+
     def _variables(self, offer: Offer, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         values = {
             "OFFER_ID": str(offer.pk),
@@ -1965,7 +1984,7 @@ class _Driver:
         future = POOL.submit(
             call.job, offer.integration, self.lead, variables, seconds,
             self._direct(offer, "ping", fresh=fresh),
-            defer_log and connection.vendor == "postgresql",
+            defer_log and connection.vendor == "postgresql", self._lead_layer(),
         )  # fmt: skip
         return call, future, variables
 
@@ -2198,7 +2217,7 @@ class _Driver:
         variables = self._variables(cand.offer, extra)
         future = POOL.submit(
             call.job, cand.offer.integration, self.lead, variables, seconds, direct,
-            connection.vendor == "postgresql",
+            connection.vendor == "postgresql", self._lead_layer(),
         )  # fmt: skip
         submitted = time.monotonic()
         try:

@@ -532,6 +532,7 @@ def _request_effect(
         state=state,
         defer_log=defer_log,
         run_step_id=step.pk,
+        trace=False,  # the run keeps the outcome's fields, never its trace
     )
     if holder is not None:
         holder["log"] = result.log

@@ -257,3 +257,25 @@ def test_a_failed_exchange_is_a_warning_line(lead_setup, step):
         ("integration.request", "warning")
     ]
     assert lines[0]["error_kind"]
+
+
+def test_a_lead_layer_taken_once_gives_the_same_context_with_a_fresh_clock(lead_setup):
+    """The ping tree takes a lead's fields and system values once per distribution
+    (lead_layer_of) and the clock's values per call: the context is the one
+    lead_context builds from the lead, later layers still win, the clock is read anew."""
+    from integrations.context import lead_layer_of
+
+    lead = _lead(lead_setup)
+    layer = lead_layer_of(lead)
+    clock = {"TIMESTAMP", "TIMESTAMP_MS", "DATE", "DATETIME"}
+    whole = lead_context(lead, variables={"OFFER_ID": "7", "PCID": "override"})
+    layered = lead_context(lead, variables={"OFFER_ID": "7", "PCID": "override"}, lead_layer=layer)
+    assert {k: v for k, v in layered.items() if k not in clock} == {
+        k: v for k, v in whole.items() if k not in clock
+    }
+    assert layered["PCID"] == "override" and layered["OFFER_ID"] == "7"
+    assert layered["PARTNER_ID"] == str(lead.partner_id) and layered["LEAD_ID"] == lead.pcid
+    assert clock <= set(layered)
+    assert abs(int(layered["TIMESTAMP"]) - int(time.time())) <= 1
+    assert layered["DATETIME"].endswith("+00:00") and layered["DATETIME"][:10] == layered["DATE"]
+    assert "OFFER_ID" not in layer, "the layer is not changed by a call's variables"

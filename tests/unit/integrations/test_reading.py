@@ -760,3 +760,59 @@ def test_outcome_error_has_no_response():
     assert outcome.kind is OutcomeKind.ERROR
     assert outcome.reason == "Not sent: dry run."
     assert outcome.captured == {} and outcome.trace == []
+
+
+# --- a call nobody shows the trace for ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"status":"Accepted","bid":"12.50","id":"B-1","url":"https://b.example/t"}', 200),
+        (b'{"status":"rejected","reason":"dup"}', 200),
+        (b'{"status":"maybe"}', 200),
+        (b"<html>down</html>", 503),
+    ],
+)
+def test_an_untraced_read_decides_and_captures_exactly_as_a_traced_one(body, status):
+    """trace=False (the ping tree's and the engine's calls) must only leave the trace out:
+    the same kind, reason, price, captures and matched rule as the admin's traced read."""
+    step = spec(
+        rules=(
+            rule(cond(Operator.EQUALS, key_kind=KeyKind.JSON_PATH, key="status", value="acc*|ok")),
+            rule(
+                cond(Operator.EQUALS, key_kind=KeyKind.JSON_PATH, key="$.status", value="rejected"),
+                outcome=OutcomeKind.REJECTED,
+            ),
+        ),
+        captures=(
+            capture(CaptureTarget.PRICE, "bid"),
+            capture(CaptureTarget.BUYER_LEAD_ID, "id"),
+            capture(CaptureTarget.REDIRECT_URL, "url"),
+            capture(CaptureTarget.REJECT_REASON, "reason"),
+        ),
+        default_outcome=OutcomeKind.ERROR,
+    )
+    traced = read_response(step, None, result(status=status, body=body))
+    untraced = read_response(step, None, result(status=status, body=body), trace=False)
+    assert traced.trace, "the admin's read keeps its trace"
+    assert [t for t in untraced.trace if t.kind is not TraceKind.NOTE] == []
+    for name in ("kind", "reason", "price", "redirect_url", "buyer_lead_id", "captured",
+                 "matched_rule", "fields", "variables"):  # fmt: skip
+        assert getattr(untraced, name) == getattr(traced, name), name
+
+
+def test_equals_alternatives_and_wildcards_are_remembered_per_expected_value():
+    """The expected value's alternatives are split and compiled once, and the same
+    value gives the same answers whatever was asked before."""
+    reading._alternatives.cache_clear()
+    assert reading._matches_alternatives(" ACCEPTED ", "approved|accepted")
+    assert reading._matches_alternatives("approved-now", "approved|app*now")
+    assert not reading._matches_alternatives("reject", "approved|app*now")
+    assert reading._matches_alternatives("a.b", "a.b") and not reading._matches_alternatives(
+        "axb", "a.b"
+    ), "a dot is a dot, not a regex wildcard"
+    assert reading._matches_alternatives("a+b\nc", "a+b*")
+    before = reading._alternatives.cache_info().hits
+    assert reading._matches_alternatives("accepted", "approved|accepted")
+    assert reading._alternatives.cache_info().hits == before + 1
