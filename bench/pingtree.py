@@ -551,6 +551,7 @@ def main() -> int:
             f"{WATERFALL_IDEAL_MS} ms; budget {WATERFALL_BUDGET_MS:.0f} ms"
         )
         problems += check_waterfall(dists)
+        bare_wf_ms = statistics.median(bare_times)
         overhead = (wf_ms - WATERFALL_IDEAL_MS) / WATERFALL
         say(f"  our cost above the buyers' latency: {overhead:.1f} ms per post")
         lead_id = make_leads(fx, "waterfall", 1)[0]
@@ -577,6 +578,7 @@ def main() -> int:
             f"budget {AUCTION_BUDGET_MS:.0f} ms"
         )
         problems += check_auction(dists, AUCTION, f"Offer {names['auction'][-1]}")
+        bare_au_ms = statistics.median(bare_times)
         say(f"  our cost above the ideal: {au_ms - AUCTION_IDEAL_MS:.1f} ms per lead")
 
         say()
@@ -637,7 +639,16 @@ def main() -> int:
         "sustained": ours_rate / bare_rate if bare_rate else 0.0,
     }
     ratio = min(ratios.values())
+    # What this machine allows: the bare requests' own ratios, the same formula. When the
+    # bare fan-out alone is under the target, no implementation can meet it here (the
+    # RESULT line is unchanged: ideal time / our time).
     say()
+    say(
+        f"the bare baselines' own ratios on this machine: waterfall "
+        f"{WATERFALL_IDEAL_MS / bare_wf_ms:.2f}, auction {AUCTION_IDEAL_MS / bare_au_ms:.2f}; "
+        f"ours to bare: waterfall {bare_wf_ms / wf_ms:.2f}, auction {bare_au_ms / au_ms:.2f}, "
+        f"sustained {ratios['sustained']:.2f}"
+    )
     say(f"elapsed {time.monotonic() - t_start:.0f} s")
     checks = {
         f"(a) waterfall {wf_ms:.0f} ms <= {WATERFALL_BUDGET_MS:.0f} ms": wf_ms
