@@ -3,6 +3,7 @@ store secrets, create integrations."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -326,35 +327,51 @@ _log_insert_many_sql: str | None = None
 def log_insert_many_sql_text() -> str:
     """PostgreSQL only: an INSERT of any number of log rows, for a caller that writes
     them inside a larger statement (the ping tree's settled pings), with
-    ``log_insert_many_params``: one array per column, the rows inserted in their order,
+    ``log_insert_many_params``: the rows as one JSON array, inserted in their order,
     ``RETURNING id``. The text does not depend on the number of rows, so psycopg parses
     it and PostgreSQL plans it once per process and connection (one row's statement
-    repeated per row would be parsed on every call: psycopg caches only statements
-    under 4 KB and 50 parameters). The ids come back in any order; sorted, they are the
-    rows' order (one statement takes its ids from the sequence in the order it inserts)."""
+    repeated per row would be parsed on every call). The ids come back in any order;
+    sorted, they are the rows' order (one statement takes its ids from the sequence in
+    the order it inserts).
+
+    One JSON parameter, not one array per column: psycopg dumps an array element by
+    element in Python (a type probe, then a dumper call per value: ~20 arrays per
+    auction lead), where ``json.dumps`` writes all the rows in C and PostgreSQL reads
+    them into the table's row type (``json_populate_recordset``), JSON columns as the
+    JSON they are."""
     global _log_insert_many_sql
     if _log_insert_many_sql is None:
         q = connection.ops.quote_name
+        table = q(RequestLog._meta.db_table)
         columns = ", ".join(q(f.column) for f in _LOG_FIELDS)
-        names = ", ".join(f"c{i}" for i in range(len(_LOG_FIELDS)))
-        # Binary arrays (%b): psycopg's text format escapes every element of a text
-        # array with a regular expression, which for JSON bodies cost more than the rest
-        # of the statement together.
-        arrays = ", ".join(f"%b::{f.db_type(connection)}[]" for f in _LOG_FIELDS)
+        values = ", ".join(f"e.{q(f.column)}" for f in _LOG_FIELDS)
         _log_insert_many_sql = (
-            f"INSERT INTO {q(RequestLog._meta.db_table)} ({columns}) "  # noqa: S608
-            f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS e({names}, ord) "
-            f"ORDER BY e.ord RETURNING {q('id')}"
+            f"INSERT INTO {table} ({columns}) "  # noqa: S608
+            f"SELECT {values} FROM json_populate_recordset(NULL::{table}, %s::json) "
+            f"WITH ORDINALITY AS e ORDER BY e.ordinality RETURNING {q('id')}"
         )
     return _log_insert_many_sql
 
 
-def log_insert_many_params(entries: list[RequestLog]) -> list[list[Any]]:
-    """The parameters of log_insert_many_sql_text for these rows: one list per column."""
-    rows = [insert_values(entry, _LOG_PREP) for entry in entries]
-    return (
-        [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in _LOG_FIELDS]
-    )
+def log_insert_many_params(entries: list[RequestLog]) -> list[Any]:
+    """The parameters of log_insert_many_sql_text for these rows: one JSON text, a list
+    of objects by column name, each value as the ORM would store it (JSON columns as
+    their JSON, ``created_at`` set now as ``auto_now_add`` does, in ISO 8601)."""
+    rows = [_log_json_row(entry) for entry in entries]
+    return [json.dumps(rows, separators=(",", ":"))]
+
+
+def _log_json_row(entry: RequestLog) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for field, plain in _LOG_PREP:
+        value = getattr(entry, field.attname)
+        if isinstance(field, models.DateTimeField):
+            value = field.pre_save(entry, True)
+            value = value.isoformat() if value is not None else None
+        elif plain is not None and value is not None and type(value) is not plain:
+            value = field.to_python(value)  # e.g. a lazy string: stored as its text
+        row[field.column] = value
+    return row
 
 
 InsertPrep = list[tuple[models.Field, type | None]]

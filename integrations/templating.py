@@ -1134,7 +1134,7 @@ def render(template: str, context: Mapping[str, Any]) -> RenderResult:
     filter cannot use only adds a warning, because those depend on the lead, and one odd
     lead must not make a whole integration fail.
     """
-    nodes, problems = _parse(template)
+    nodes, problems = _parse_cached(template)  # read only here: no copies
     if problems:
         first = problems[0]
         raise TemplateError(
@@ -1142,13 +1142,17 @@ def render(template: str, context: Mapping[str, Any]) -> RenderResult:
             position=first.position,
             code=first.code,
         )
-    lookup = context if isinstance(context, TemplateContext) else TemplateContext(context)
+    # The case-blind view of the context is made on the first expression: a template of
+    # plain text (most rules' reasons, constant fields) never needs it.
+    lookup: TemplateContext | None = context if isinstance(context, TemplateContext) else None
     warnings: list[str] = []
     pieces: list[str] = []
     for node in nodes:
         if isinstance(node, str):
             pieces.append(node)
             continue
+        if lookup is None:
+            lookup = TemplateContext(context)
         value = _evaluate(node, lookup, warnings)
         if isinstance(value, DoNotSend):
             return RenderResult(value="", warnings=tuple(warnings), dropped=True)

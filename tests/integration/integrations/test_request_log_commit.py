@@ -103,3 +103,46 @@ def test_the_held_cursor_answers_and_raises_djangos_errors(step):
     assert step_cache.fetch_one(
         "SELECT status FROM integrations_integration WHERE id = %s", [step.integration_id]
     ) == ("enabled",)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the many-rows INSERT")
+def test_many_log_rows_in_one_statement_store_what_one_row_writes_stores(step, lead):
+    """log_insert_many (the ping tree's settled pings, one JSON parameter) stores each
+    row exactly as log_write does, in order: text with quotes, line breaks and non-ASCII,
+    JSON headers and captures, missing values as NULL, created_at set."""
+    from integrations.outbound import OutboundRequest, OutboundResult
+    from integrations.reading import Outcome
+
+    def entry(n: int, body: str, status: int | None) -> RequestLog:
+        request = OutboundRequest(
+            method="POST", url=f"{step.url}?n={n}", headers=[("X-Note", f"ñ \"{n}\"")],
+            body=f'{{"n":{n}}}'.encode(),
+        )  # fmt: skip
+        result = OutboundResult(
+            request=request, status_code=status, headers=[("Content-Type", "text/plain; ü")],
+            body=body.encode(), truncated=False, elapsed_ms=40 + n, final_url=request.url,
+        )  # fmt: skip
+        outcome = Outcome(kind="rejected", reason=f"said «no» {n}\nline 2",
+                          captured={"reject_reason": "dup \\ 'x'", "price": "1.5"})  # fmt: skip
+        return services._log(step, lead if n else None, "scenario", None, result, outcome,
+                             True, insert=False)  # fmt: skip
+
+    specs = [(0, 'plain "quoted" \\ text\n€', 200), (1, "", None), (2, "x" * 5000, 503)]
+    one_by_one = [entry(*s) for s in specs]
+    for e in one_by_one:
+        services.log_write(e)
+    many = [entry(*s) for s in specs]
+    with connection.cursor() as cursor:
+        cursor.execute(services.log_insert_many_sql_text(), services.log_insert_many_params(many))
+        ids = sorted(row[0] for row in cursor.fetchall())
+    assert len(ids) == 3
+    skip = {"id", "created_at"}
+    columns = [f.attname for f in RequestLog._meta.concrete_fields if f.attname not in skip]
+    for single, many_id in zip(one_by_one, ids, strict=True):
+        a = RequestLog.objects.values(*columns, "created_at").get(pk=single.pk)
+        b = RequestLog.objects.values(*columns, "created_at").get(pk=many_id)
+        assert b.pop("created_at") is not None and a.pop("created_at") is not None
+        assert a == b
+    stored = RequestLog.objects.get(pk=ids[1])
+    assert stored.status_code is None and stored.lead_id is not None
+    assert RequestLog.objects.get(pk=ids[0]).lead_id is None

@@ -197,3 +197,22 @@ def test_a_version_written_by_an_open_transaction_is_never_cached(step, lead, se
     header.save()
     run(step, lead)
     assert [r["headers"]["X-Source"] for r in seen] == ["leadrelay", "uncommitted", "committed"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's query conversion")
+def test_a_fixed_statement_over_psycopgs_default_limits_is_split_once():
+    """psycopg remembers a statement's split (parts, parameter places) only under 50
+    parameters and 4 KB by default; the ping tree's sale statement has 59. step_cache
+    raises the limits: the second run of such a statement is a hit of psycopg's cache,
+    not a new split (fails if the limits are back at their defaults)."""
+    from psycopg import _queries
+
+    sql = "SELECT " + ", ".join(f"%s::int AS c{i}" for i in range(60))  # noqa: S608
+    sql += " -- " + "x" * 4200  # over 4 KB too
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(range(60)))
+        assert cursor.fetchone()[59] == 59
+        hits = _queries._query2pg.cache_info().hits
+        cursor.execute(sql, list(range(60)))
+        assert cursor.fetchone()[0] == 0
+    assert _queries._query2pg.cache_info().hits == hits + 1
