@@ -441,7 +441,8 @@ def direct_loop(fx: dict[str, Any], n: int, tally: Tally) -> float:
     for _ in range(n):
         ok = True
         for step in steps:
-            result = request_run(step=step, context=lead_context(lead), lead=lead)
+            # trace=False as the engine's own calls (nobody shows a trace for either).
+            result = request_run(step=step, context=lead_context(lead), lead=lead, trace=False)
             ok = ok and result.outcome.kind == "accepted"
         tally.scenarios += 1
         if not ok:
