@@ -1,8 +1,10 @@
 """Read: turn a request and its response into an outcome, a reason and captured values.
 
 Pure: no network, no database. The real send, replays and the admin's "paste a sample
-response" check (``evaluate_sample``) run the same code, and every outcome carries a
-``trace`` of each condition and capture so the admin can show why it decided.
+response" check (``evaluate_sample``) run the same code, and an outcome carries a
+``trace`` of each condition and capture so the admin can show why it decided (not built
+for a call nobody shows it for: ``read_response(..., trace=False)``, the ping tree's and
+the engine's calls; the decision is the same either way).
 
 Order of work:
 
