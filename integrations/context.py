@@ -95,7 +95,7 @@ def lead_context(
 ) -> dict[str, Any]:
     """The context a real send uses.
 
-    ``lead_layer``: ``lead_layer(lead)`` taken earlier, for a caller that makes many
+    ``lead_layer``: ``lead_layer_of(lead)`` taken earlier, for a caller that makes many
     calls for one lead (the ping tree: a lead's fields and its system values are read
     once per distribution, the clock on every call)."""
     context: dict[str, Any] = dict(lead_layer) if lead_layer is not None else lead_layer_of(lead)
