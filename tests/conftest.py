@@ -24,6 +24,13 @@ collect_ignore = [] if os.environ.get("LEADRELAY_FAULT_TESTS") else ["fault"]
 def pytest_sessionstart(session: pytest.Session) -> None:
     from django.conf import settings
     from django.db import connection
+    from django.test.utils import override_settings
+
+    # Passwords are hashed with MD5 in tests (Django's own advice for test suites): the
+    # factories make a user for most tests, and PBKDF2's 1,000,000 rounds took 0.58 s
+    # each on a slow 2-core machine, several minutes of the suite. Production keeps
+    # PBKDF2; tests that are about passwords set their own hashers.
+    override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]).enable()
 
     marker = Path(settings.VAR_DIR) / "db-vendor"
     marker.parent.mkdir(parents=True, exist_ok=True)
