@@ -284,8 +284,10 @@ def mask_url(url: str, secrets: Iterable[str] = ()) -> str:
 @functools.lru_cache(maxsize=1024)
 def _mask_url(url: str, secrets: tuple[str, ...]) -> str:
     """mask_url, remembered: a buyer call masks its URL three times (request, final URL,
-    log line) and a worker calls the same few URLs again and again. Holds only what
-    the step cache and the send already hold in memory."""
+    log line) and a worker calls the same few URLs again and again. A pure function's
+    memo, not state: it holds the last 1,024 URLs as rendered, so a GET buyer's URL that
+    carries a lead's values stays in the worker's memory until newer URLs push it out
+    (nothing is read back from it but the masked text of the same URL)."""
     url = _USERINFO_RE.sub(lambda m: f"{m['prefix']}:{_MASK}@", url)
     url = _QUERY_PARAM_RE.sub(
         lambda m: f"{m['name']}={_MASK}" if _SENSITIVE_NAME_RE.search(m["name"]) else m[0], url
