@@ -95,7 +95,7 @@ PHASES = ["config", "build", "send", "read", "log write", "rest"]
 PHASE_NOTES = {
     "config": "status/version SELECT + the step's spec from the per-process cache",
     "build": "build_request: render 12 templates, nest, JSON, auth header",
-    "send": "outbound.send: guard, deadline watch, urllib3 pool, capped read, log line",
+    "send": "outbound.send: guard, libcurl exchange (deadline, keep-alive), capped read, log",
     "read": "read_response: parse JSON, rule, 2 captures, trace",
     "log write": "masking + RequestLog INSERT (autocommit, no wait for the WAL flush)",
     "rest": "lead_context + the call's one log line + call overhead",
@@ -329,12 +329,13 @@ def bare_loop(
 
 
 def connections_opened(session: Any) -> int:
-    """New connections urllib3 made for a requests session (None: outbound's pools for
-    this thread)."""
+    """New connections urllib3 made for a requests session (None: outbound's libcurl
+    handle of this thread)."""
     from integrations import outbound
 
-    manager = session.get_adapter("http://").poolmanager if session else outbound._pools()
-    pools = manager.pools
+    if session is None:
+        return outbound.connections_opened()
+    pools = session.get_adapter("http://").poolmanager.pools
     return sum(pools[key].num_connections for key in pools.keys())
 
 

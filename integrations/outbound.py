@@ -21,27 +21,28 @@ us to) passes through `send()`, so the rules live here once:
 
 Why our own guarded connection instead of requests-hardened: it checks only the first
 address getaddrinfo returns and can allow loopback as a whole but not a list of
-networks; we need every address checked and a CIDR allowlist. The mechanism is the same
-("check the IP, then connect to that IP"), done one level lower, in the urllib3
-connection, so TLS SNI, certificate checks and the Host header keep the hostname
-without any header or pool-key rewriting.
+networks; we need every address checked and a CIDR allowlist. The mechanism is "check
+the IP, then connect to that IP": libcurl opens no socket itself, our callback resolves
+the host, checks every address and hands libcurl a socket connected to a checked one,
+so TLS SNI, certificate checks and the Host header keep the hostname.
 
-Why urllib3 directly and not requests on top: requests' per-call machinery (preparing
-the request, merging environment settings, hooks, the cookie jar) cost about 0.3 ms per
-call, as much as the exchange itself on a local network, and all of it is either unused
-here or something we must switch off (environment, cookies, redirects). What requests
-did that we want is done here in a few lines: its default headers, Content-Length,
-header validation, Basic auth from credentials in the URL, certifi's CA bundle.
+Why libcurl (pycurl) under it: the exchange (write, wait, parse the status line and
+headers, decode, the total deadline) runs in C with the GIL released for its whole
+length. With urllib3 (and requests before it) the same exchange cost 1.1 ms of Python
+per call on the ping tree's auction, which a worker's threads paid one at a time under
+the GIL; libcurl does it in about a quarter of that (docs/benchmarks.md, sixth
+session). What requests did that we want is done here in a few lines: its default
+headers, Content-Length, header validation, Basic auth from credentials in the URL,
+certifi's CA bundle; libcurl is told to use none of its own defaults (proxy, netrc,
+protocols other than http and https, Expect, a default Content-Type).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import heapq
 import importlib.metadata
 import ipaddress
-import itertools
 import math
 import os
 import re
@@ -59,20 +60,12 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urljoin, urlsplit
 
 import certifi
+import pycurl
 import structlog
 import urllib3
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from urllib3 import HTTPHeaderDict, HTTPResponse, PoolManager, Timeout
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NameResolutionError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
-from urllib3.util import Url, make_headers, parse_url
+from urllib3.util import Url, parse_url
 from urllib3.util.connection import allowed_gai_family
 
 log = structlog.get_logger(__name__)
@@ -498,238 +491,270 @@ def check_url(url: str) -> None:
 
 # --- transport ----------------------------------------------------------------------
 
-
-class _Exchange:
-    """Connections used by one `send()`, shut down when its total deadline passes.
-
-    A read timeout bounds each socket read, not the exchange: a server that sends one
-    byte every few seconds never trips it, in the headers or the body. Shutting the
-    socket down from the deadline thread (`_Watchdog`) unblocks whatever read or write is
-    in progress, in any phase (TLS handshake, request upload, headers, body).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._connections: list[HTTPConnection] = []
-        self._finished = False
-        self.expired = False
-
-    def watch(self, connection: HTTPConnection) -> None:
-        with self._lock:
-            if connection not in self._connections:
-                self._connections.append(connection)
-            expired = self.expired
-        if expired:
-            _shutdown(connection)
-
-    def expire(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            self.expired = True
-            connections = list(self._connections)
-        for connection in connections:
-            _shutdown(connection)
-
-    def finish(self) -> None:
-        with self._lock:
-            self._finished = True
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
+# What libcurl is told a host NAME resolves to. It never connects there: every socket is
+# opened by `_Transport.open_socket`, which resolves the name with the system resolver
+# (Python's, the same one `check_url` uses), checks every address and connects to a
+# checked one. TEST-NET-1 (RFC 5737) is not routed anywhere, should that ever change.
+_UNRESOLVED = "192.0.2.1"
+_CURL_PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+_MAX_CONNECTIONS = 10  # kept alive per thread, one per host (urllib3 kept 10 pools)
+_ACCEPT_ENCODING = "gzip, deflate"
+_TCP_NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+_CA_BUNDLE = certifi.where()
 
 
-class _Watchdog:
-    """One daemon thread per process that expires exchanges past their total deadline.
+class _TransferError(Exception):
+    """libcurl ended the transfer with an error; `cause` is what our own callback raised
+    (the guard's refusal, a DNS or connect failure), if it was one of them."""
 
-    A ``threading.Timer`` per send cost a thread start, a cancel and two context switches
-    on every call (0.1-0.3 ms, docs/benchmarks.md). Here deadlines wait in a heap;
-    the thread sleeps on a condition until the earliest one and is woken only when a new
-    deadline is earlier than the one it sleeps towards. A finished exchange is dropped
-    from the top of the heap at once (sequential sends keep the heap near empty) and
-    ignored if met deeper down (``expire`` on a finished exchange does nothing).
+    def __init__(self, code: int, message: str, cause: BaseException | None) -> None:
+        super().__init__(str(cause) if cause is not None else message)
+        self.code = code
+        self.cause = cause
 
-    Created lazily and again in a forked child (the pid is checked): a Celery prefork
-    child inherits the heap and the lock but not the thread.
+
+@dataclass(slots=True)
+class _Hop:
+    """One request and response of a `send()` (a redirect makes another hop)."""
+
+    host: str
+    port: int
+    connect_timeout: float
+    cap: int
+    progress: _Progress
+    error: BaseException | None = None
+    status: int | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    def header(self, line: bytes) -> None:
+        """libcurl's header callback, one line at a time (the status line included).
+
+        Status and headers reach `progress` only at the blank line that ends them, so an
+        exchange cut in the middle of its headers has no status, as before."""
+        if line.startswith(b"HTTP/"):
+            parts = line.split(None, 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+            self.headers = []  # a 100 Continue came first: the final response starts over
+        elif line in (b"\r\n", b"\n"):
+            if self.status is not None and self.status >= 200:
+                self.progress.status_code = self.status
+                self.progress.headers = self.headers
+        elif line[:1] in (b" ", b"\t") and self.headers:  # obsolete line folding
+            name, value = self.headers[-1]
+            self.headers[-1] = (name, f"{value} {line.decode('latin-1').strip()}")
+        else:
+            name, _, value = line.decode("latin-1").partition(":")
+            self.headers.append((name.strip(), value.strip()))
+
+    def write(self, data: bytes) -> int | None:
+        """libcurl's body callback (decoded bytes): kept up to the cap, one byte past it
+        ends the transfer (returning 0 makes libcurl stop and close the connection)."""
+        body = self.progress.body
+        body += data
+        if len(body) > self.cap:
+            del body[self.cap :]
+            self.progress.truncated = True
+            return 0
+        return None
+
+
+class _Transport:
+    """A libcurl handle of this thread and process; its connection cache is the
+    keep-alive pool (one connection per host, as urllib3's per-thread pools kept).
+
+    libcurl runs the exchange in C, with the GIL released for its whole length: the
+    parse of the status line and headers, the body's decoding, the deadline. What stays
+    in Python is the guard: libcurl opens no socket of its own (`open_socket`), and every
+    request, on a new or a reused connection, is checked against its peer first
+    (`prereq`). So the rule is unchanged: every address a host resolves to is checked,
+    the connection goes to a checked one, and nothing is sent to a peer that is not
+    allowed now.
     """
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, _Exchange]] = []
-        self._seq = itertools.count()
-        self._sleeping_until = math.inf
-        self._thread: threading.Thread | None = None
+        self.curl = pycurl.Curl()
+        self.hop: _Hop | None = None
+        # The checked peer of each live connection, by its local address (what libcurl
+        # names a reused connection by), and the local address by libcurl's descriptor.
+        self.peers: dict[tuple[str, int], str] = {}
+        self.locals: dict[int, tuple[str, int]] = {}
+        self.opened: tuple[tuple[str, int], str] | None = None
+        self.connections_opened = 0
 
-    def watch(self, exchange: _Exchange, deadline: float) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), exchange))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="outbound-deadlines", daemon=True
-                )
-                self._thread.start()
-            elif deadline < self._sleeping_until:
-                self._cond.notify()
+    def perform(
+        self,
+        method: str,
+        target: Url,
+        wire: dict[str, str],
+        body: bytes | None,
+        request: OutboundRequest,
+        remaining: float,
+        progress: _Progress,
+    ) -> None:
+        """One hop: status, headers and (capped) body into `progress`, or raise."""
+        host = (target.host or "").strip("[]")
+        port = _port(target)
+        connect_timeout = min(request.connect_timeout, remaining)
+        hop = _Hop(host, port, connect_timeout, request.max_response_bytes, progress)
+        self.hop = hop
+        curl = self.curl
+        curl.reset()
+        curl.setopt(pycurl.URL, target._replace(auth=None).url)
+        curl.setopt(pycurl.PROTOCOLS, _CURL_PROTOCOLS)
+        curl.setopt(pycurl.REDIR_PROTOCOLS, _CURL_PROTOCOLS)
+        curl.setopt(pycurl.PROXY, "")  # never the environment's proxy variables
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        curl.setopt(pycurl.TIMEOUT_MS, max(1, math.ceil(remaining * 1000)))
+        curl.setopt(pycurl.MAXCONNECTS, _MAX_CONNECTIONS)
+        curl.setopt(pycurl.CAINFO, _CA_BUNDLE)
+        curl.setopt(pycurl.ACCEPT_ENCODING, _ACCEPT_ENCODING)
+        curl.setopt(pycurl.OPENSOCKETFUNCTION, self.open_socket)
+        curl.setopt(pycurl.SOCKOPTFUNCTION, self.socket_options)
+        curl.setopt(pycurl.CLOSESOCKETFUNCTION, self.close_socket)
+        curl.setopt(pycurl.PREREQFUNCTION, self.prereq)
+        curl.setopt(pycurl.HEADERFUNCTION, hop.header)
+        curl.setopt(pycurl.WRITEFUNCTION, hop.write)
+        if not _is_ip_literal(host):
+            curl.setopt(pycurl.RESOLVE, [f"{host}:{port}:{_UNRESOLVED}"])
+        curl.setopt(pycurl.HTTPHEADER, _curl_headers(wire, body))
+        if method == "HEAD":
+            curl.setopt(pycurl.NOBODY, 1)
+        elif body is not None:
+            curl.setopt(pycurl.POSTFIELDS, body)
+            curl.setopt(pycurl.POSTFIELDSIZE, len(body))
+            if method != "POST":
+                curl.setopt(pycurl.CUSTOMREQUEST, method)
+        elif method != "GET":
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+        try:
+            curl.perform()
+        except pycurl.error as exc:
+            code, message = exc.args
+            if not (code == pycurl.E_WRITE_ERROR and progress.truncated):
+                raise _TransferError(code, message, hop.error) from hop.error
+        finally:
+            self.hop = None
+            for sock in hop.sockets:  # libcurl works on its own duplicate of each
+                sock.close()
 
-    def forget(self, exchange: _Exchange) -> None:
-        """After ``exchange.finish()``: drop finished exchanges from the top of the heap."""
-        with self._cond:
-            heap = self._heap
-            while heap and heap[0][2].finished:
-                heapq.heappop(heap)
-            if len(heap) > 256:  # finished ones buried under a slow exchange
-                self._heap = [entry for entry in heap if not entry[2].finished]
-                heapq.heapify(self._heap)
+    # libcurl's callbacks. An exception must not escape them (pycurl would print it and
+    # fail the transfer with a code that no longer says why): they store it on the hop.
 
-    def _loop(self) -> None:
-        while True:
-            due: list[_Exchange] = []
-            with self._cond:
-                now = time.monotonic()
-                while self._heap and self._heap[0][0] <= now:
-                    due.append(heapq.heappop(self._heap)[2])
-                if not due:
-                    self._sleeping_until = self._heap[0][0] if self._heap else math.inf
-                    timeout = None if not self._heap else self._sleeping_until - now
-                    self._cond.wait(timeout)
-                    self._sleeping_until = -math.inf  # awake: no need to notify
-                    continue
-            for exchange in due:
-                try:
-                    exchange.expire()
-                except Exception:  # noqa: BLE001 - the thread must outlive one bad socket
-                    log.exception("outbound_deadline_expire_failed")
+    def open_socket(self, purpose: int, address: Any) -> Any:
+        """Instead of libcurl's connect: resolve, check every address, connect to one."""
+        hop = self.hop
+        if hop is None:
+            return pycurl.SOCKET_BAD
+        try:
+            sock = _connect_checked(hop.host, hop.port, hop.connect_timeout, None, _TCP_NODELAY)
+            self.opened = (sock.getsockname()[:2], sock.getpeername()[0])
+        except Exception as exc:  # noqa: BLE001 - kept for _classify, see above
+            hop.error = exc
+            return pycurl.SOCKET_BAD
+        hop.sockets.append(sock)
+        self.connections_opened += 1
+        return sock
 
+    def socket_options(self, fd: int, purpose: int) -> int:
+        """The socket `open_socket` made, under libcurl's descriptor: already connected."""
+        if self.opened is not None:
+            local, peer = self.opened
+            self.opened = None
+            self.locals[fd] = local
+            self.peers[local] = peer
+        return pycurl.SOCKOPT_ALREADY_CONNECTED
 
-_watchdog: _Watchdog | None = None
-_watchdog_lock = threading.Lock()
-
-
-def _deadlines() -> _Watchdog:
-    global _watchdog
-    watchdog = _watchdog
-    if watchdog is None or watchdog.pid != os.getpid():
-        with _watchdog_lock:
-            if _watchdog is None or _watchdog.pid != os.getpid():
-                _watchdog = _Watchdog()
-            watchdog = _watchdog
-    return watchdog
-
-
-def _reset_after_fork() -> None:
-    # The parent's lock may have been held by another thread at fork time.
-    global _watchdog, _watchdog_lock
-    _watchdog = None
-    _watchdog_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _shutdown(connection: HTTPConnection) -> None:
-    """Unblock a pending read: shutdown() wakes a blocked recv, close() would not.
-
-    The plain socket method is used on purpose: SSLSocket.shutdown() also drops the TLS
-    object under the feet of the thread reading from it.
-    """
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
+    def close_socket(self, fd: int) -> int:
+        local = self.locals.pop(fd, None)
+        if local is not None:
+            self.peers.pop(local, None)
         with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            os.close(fd)
+        return 0
+
+    def prereq(self, primary_ip: str, local_ip: str, primary_port: int, local_port: int) -> int:
+        """Before every request, on a new or a reused connection: is its peer allowed now?
+
+        A pooled connection passed the guard when it connected; the allowlist may have
+        changed since (a setting, a test's context)."""
+        peer = self.peers.get((local_ip, local_port))
+        try:
+            if peer is None:
+                raise SSRFError("the connection was not opened by the guard")
+            if reason := _address_refusal(peer, _allowlist()):
+                raise SSRFError(reason)
+        except Exception as exc:  # noqa: BLE001 - kept for _classify
+            if self.hop is not None:
+                self.hop.error = exc
+            return pycurl.PREREQFUNC_ABORT
+        return pycurl.PREREQFUNC_OK
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _curl_headers(wire: dict[str, str], body: bytes | None) -> list[str]:
+    """The request's headers for libcurl, exactly: an empty value is sent empty (``Name;``
+    in libcurl's syntax), and the headers libcurl would add on its own for a body are
+    switched off (``Content-Type: application/x-www-form-urlencoded``, ``Expect:
+    100-continue``)."""
+    lines = [f"{name}: {value}" if value else f"{name};" for name, value in wire.items()]
+    present = {name.lower() for name in wire}
+    if "expect" not in present:
+        lines.append("Expect:")
+    if body is not None and "content-type" not in present:
+        lines.append("Content-Type:")
+    return lines
 
 
 _local = threading.local()
+_inherited: list[_Transport] = []
 
 
-class _GuardedConnectionMixin:
-    """urllib3 connection that connects only to addresses the SSRF guard accepted."""
+def _transport() -> _Transport:
+    """The libcurl handle of this thread and process.
 
-    def _new_conn(self: Any) -> socket.socket:
-        """Like urllib3's, but resolve once, check every address, connect to a checked one."""
-        try:
-            return _connect_checked(
-                self._dns_host, self.port, self.timeout, self.source_address, self.socket_options
-            )
-        except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc
-        except TimeoutError as exc:
-            raise ConnectTimeoutError(
-                self, f"Connection to {self.host} timed out (connect timeout={self.timeout})"
-            ) from exc
-        except OSError as exc:
-            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
-
-    def connect(self: Any) -> None:
-        _watch_current_exchange(self)
-        super().connect()  # type: ignore[misc]
-
-    _head: bytes | None = None  # the request head held back to go out with the body
-    _coalescing = False
-
-    def request(
-        self: Any, method: str, url: str, body: Any = None, *args: Any, **kwargs: Any
-    ) -> None:
-        """A pooled connection is reused without connect(): watch and check it again.
-
-        Its peer passed the guard when it connected; checking again costs one syscall
-        and keeps the rule "nothing is sent to an address that is not allowed now".
-
-        A small body goes out in the same ``sendall`` as the head: urllib3 sends them
-        apart, which costs a second system call and wakes the server twice (the head
-        alone, then the body), ~0.1-0.2 ms per call on a loopback or LAN buyer.
-        """
-        _watch_current_exchange(self)
-        if self.sock is not None:
-            with contextlib.suppress(OSError):  # a dead socket fails on its own
-                peer = self.sock.getpeername()[0]
-                if reason := _address_refusal(peer, _allowlist()):
-                    raise SSRFError(reason)
-        self._coalescing = isinstance(body, bytes) and 0 < len(body) <= _COALESCE_MAX_BYTES
-        self._head = None
-        try:
-            super().request(method, url, body, *args, **kwargs)  # type: ignore[misc]
-            if self._head is not None:  # no body was sent after all
-                head, self._head = self._head, None
-                super().send(head)  # type: ignore[misc]
-        finally:
-            self._coalescing = False
-            self._head = None
-
-    def send(self: Any, data: Any) -> None:
-        """http.client sends the head, then urllib3 each body chunk: hold the head back
-        and send it with the (one) chunk of a small bytes body."""
-        if self._coalescing and isinstance(data, bytes):
-            if self._head is None:
-                self._head = data
-                return
-            data, self._head, self._coalescing = self._head + data, None, False
-        super().send(data)  # type: ignore[misc]
+    The process id is part of the key: a Celery prefork child must not share the
+    parent's pooled sockets. The parent's handle is kept, never closed, in the child:
+    closing it would end the parent's TLS sessions on the sockets both share.
+    """
+    transport = getattr(_local, "transport", None)
+    if transport is None or transport.pid != os.getpid():
+        if transport is not None:
+            _inherited.append(transport)
+        transport = _local.transport = _Transport()
+    return transport
 
 
-def _watch_current_exchange(connection: HTTPConnection) -> None:
-    exchange = getattr(_local, "exchange", None)
-    if exchange is not None:
-        exchange.watch(connection)
+def connections_opened() -> int:
+    """How many connections this thread's handle has opened (benches: keep-alive works)."""
+    return _transport().connections_opened
 
 
 def _connect_checked(
     host: str,
     port: int,
-    timeout: Any,
+    timeout: float,
     source_address: tuple[str, int] | None,
     socket_options: Iterable[tuple[int, int, int]] | None,
 ) -> socket.socket:
-    """urllib3's create_connection, except that the addresses tried are the checked ones."""
+    """Connect to the first address that answers, among the checked ones."""
     error: OSError | None = None
     for family, socktype, proto, _name, address in _resolve_checked(host.strip("[]"), port):
         sock = socket.socket(family, socktype, proto)
         try:
             for option in socket_options or ():
                 sock.setsockopt(*option)
-            if isinstance(timeout, int | float):
-                sock.settimeout(timeout)
+            sock.settimeout(timeout)
             if source_address:
                 sock.bind(source_address)
             sock.connect(address)
@@ -738,53 +763,6 @@ def _connect_checked(
             error = exc
             sock.close()
     raise error or OSError(f"could not connect to {host}")
-
-
-class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
-    pass
-
-
-class _GuardedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
-
-
-def _new_pools() -> PoolManager:
-    """urllib3's pool manager, used directly (no requests on top), making guarded pools.
-
-    Nothing here reads the environment: urllib3 knows no HTTP(S)_PROXY, NO_PROXY,
-    REQUESTS_CA_BUNDLE or ~/.netrc, so what we send cannot depend on the worker's
-    environment. It keeps no cookie jar either: a cookie set by one buyer is never sent
-    on a later request (possibly for another workspace). Certificates are verified
-    against certifi's bundle, as requests did (same pool size too: 10 hosts, 10
-    connections each, never blocking).
-    """
-    manager = PoolManager(
-        num_pools=10, maxsize=10, block=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
-    )
-    manager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
-    return manager
-
-
-def _pools() -> PoolManager:
-    """The pools of this thread and process.
-
-    Per thread, as the requests session was (one thread's keep-alive connection stays
-    its own); the process id is part of the key: a Celery prefork child must not share
-    the parent's pooled sockets.
-    """
-    pools = getattr(_local, "pools", None)
-    if pools is None or _local.pid != os.getpid():
-        pools = _local.pools = _new_pools()
-        _local.pid = os.getpid()
-    return pools
 
 
 # --- send ---------------------------------------------------------------------------
@@ -817,30 +795,20 @@ def send(request: OutboundRequest, *, log_line: bool = True) -> OutboundResult:
     (``services.request_run``: one line per call instead of two, see ``log_fields``).
     """
     started = time.monotonic()
-    exchange = _Exchange()
     progress = _Progress(url=request.url)
     error: tuple[ErrorKind, ErrorCode, str] | None = None
-    _local.exchange = exchange
-    watchdog = _deadlines()
-    watchdog.watch(exchange, started + request.timeout)
     try:
         _run(request, started + request.timeout, progress)
     except (
         SSRFError,
         _DeadlineExceededError,
         _TooManyRedirectsError,
-        urllib3.exceptions.HTTPError,
+        _TransferError,
+        urllib3.exceptions.LocationValueError,
         OSError,
         ValueError,
     ) as exc:
-        error = _classify(exc, expired=exchange.expired)
-    finally:
-        exchange.finish()
-        watchdog.forget(exchange)
-        _local.exchange = None
-    if error is None and exchange.expired:
-        # A shut-down socket can look like a clean end of body.
-        error = (ErrorKind.TRANSIENT, ErrorCode.TIMEOUT, "total deadline exceeded")
+        error = _classify(exc)
     secrets = _secrets_of(request)
     result = OutboundResult(
         request=request,
@@ -880,10 +848,8 @@ def log_fields(result: OutboundResult, secrets: list[str] | None = None) -> dict
 def _run(request: OutboundRequest, deadline: float, progress: _Progress) -> None:
     """The exchange itself: hops until a final response, then its capped body.
 
-    Straight on urllib3's pools (``preload_content=False``, no retries, no redirects of
-    its own): what requests added on top per call (preparing, merging environment
-    settings, hooks, the cookie jar) cost about as much as the exchange itself on a
-    local network, and none of it is wanted here (docs/benchmarks.md, bench-integration).
+    Redirects are followed here, not by libcurl, so that each hop's URL passes `_parse`
+    and its method, body and credentials follow the rules of `_redirected`.
     """
     method = request.method.upper()
     if not _METHOD_RE.fullmatch(method):
@@ -891,42 +857,24 @@ def _run(request: OutboundRequest, deadline: float, progress: _Progress) -> None
     headers = _header_dict(request.headers)
     body = request.body
     url = request.url
-    pools = _pools()
+    transport = _transport()
     for hop in range(request.max_redirects + 1 if request.allow_redirects else 1):
         progress.url = url
+        progress.status_code, progress.headers = None, []
+        progress.body, progress.truncated = bytearray(), False
         target = _parse(url)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _DeadlineExceededError("total deadline exceeded")
-        pool = pools.connection_from_host(target.host, port=target.port, scheme=target.scheme)
-        response = pool.urlopen(
-            method,
-            target.request_uri,
-            body=body,
-            headers=_wire_headers(headers, method, body, target),
-            retries=False,
-            redirect=False,
-            assert_same_host=False,
-            timeout=Timeout(connect=min(request.connect_timeout, remaining), read=remaining),
-            preload_content=False,
-            decode_content=True,
-            release_conn=False,
-        )
-        try:
-            progress.status_code = response.status
-            progress.headers = list(response.headers.items())
-            location = _redirect_target(response.status, response.headers)
-            if not (request.allow_redirects and location):
-                _read_capped(response, request.max_response_bytes, deadline, progress)
-                return
-        finally:
-            # Read to the end, the connection is already back in the pool and this does
-            # nothing; otherwise (cap, redirect, error) the connection is closed and its
-            # slot returned, never reused with unread bytes on it.
-            response.close()
-            response.release_conn()
+        wire = _wire_headers(headers, method, body, target)
+        transport.perform(method, target, wire, body, request, remaining, progress)
+        location = _redirect_target(progress.status_code, progress.headers)
+        if not (request.allow_redirects and location):
+            return
         next_url = urljoin(target.url, location)
-        method, body, headers = _redirected(response.status, method, body, headers, url, next_url)
+        method, body, headers = _redirected(
+            progress.status_code or 0, method, body, headers, url, next_url
+        )
         url = next_url
         if hop == request.max_redirects:
             progress.url = url
@@ -936,10 +884,7 @@ def _run(request: OutboundRequest, deadline: float, progress: _Progress) -> None
 # What requests sent by default, kept so that buyers see the same request as before.
 _DEFAULT_HEADERS = (
     ("User-Agent", USER_AGENT),
-    (
-        "Accept-Encoding",
-        ", ".join(make_headers(accept_encoding=True)["accept-encoding"].split(",")),
-    ),
+    ("Accept-Encoding", _ACCEPT_ENCODING),  # what libcurl decodes (requests sent the same)
     ("Accept", "*/*"),
     ("Connection", "keep-alive"),
 )
@@ -998,10 +943,12 @@ def _set(wire: dict[str, str], headers: Headers, name: str, value: str) -> None:
     wire[name] = value
 
 
-def _redirect_target(status: int, headers: HTTPHeaderDict) -> str | None:
+def _redirect_target(status: int | None, headers: list[tuple[str, str]]) -> str | None:
     """The Location of a redirect, decoded like browsers (UTF-8 sent as latin-1)."""
-    location = headers.get("Location")
-    if status not in _REDIRECT_STATUSES or not location:
+    if status not in _REDIRECT_STATUSES:
+        return None
+    location = next((value for name, value in headers if name.lower() == "location"), None)
+    if not location:
         return None
     with contextlib.suppress(UnicodeError):
         location = location.encode("latin-1").decode("utf-8")
@@ -1039,76 +986,62 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     return parts.scheme, parts.hostname, parts.port or default_port
 
 
-def _read_capped(response: HTTPResponse, cap: int, deadline: float, progress: _Progress) -> None:
-    """Read the body into `progress` until EOF, the cap, or the deadline.
-
-    read1() does at most one socket read per call; read(n) would block until n bytes
-    arrived, however slowly they trickle in. One byte past the cap tells a body that is
-    exactly the cap from a longer one.
-    """
-    while True:
-        if time.monotonic() >= deadline:
-            raise _DeadlineExceededError("total deadline exceeded while reading the body")
-        want = min(_READ_CHUNK_BYTES, cap + 1 - len(progress.body))
-        chunk = response.read1(want, decode_content=True)
-        if not chunk:
-            return
-        progress.body += chunk
-        if len(progress.body) > cap:
-            del progress.body[cap:]
-            progress.truncated = True
-            return
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything it wraps (urllib3 wraps socket and ssl errors)."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        wrapped = [current.__cause__, current.__context__, getattr(current, "reason", None)]
-        wrapped += [arg for arg in current.args if isinstance(arg, BaseException)]
-        stack.extend(e for e in wrapped if isinstance(e, BaseException))
+# libcurl's codes by what they mean to a caller (anything else: a transient connection
+# error, as a dropped connection is).
+_CURL_TIMEOUT = frozenset({pycurl.E_OPERATION_TIMEDOUT})
+_CURL_TLS_PERMANENT = frozenset(
+    {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT, pycurl.E_SSL_PINNEDPUBKEYNOTMATCH}
+)
+_CURL_TLS = frozenset(
+    {
+        pycurl.E_SSL_CONNECT_ERROR,
+        pycurl.E_SSL_CERTPROBLEM,
+        pycurl.E_SSL_CIPHER,
+        pycurl.E_SSL_CACERT_BADFILE,
+        pycurl.E_SSL_CRL_BADFILE,
+        pycurl.E_SSL_ISSUER_ERROR,
+        pycurl.E_SSL_SHUTDOWN_FAILED,
+        pycurl.E_SSL_INVALIDCERTSTATUS,
+    }
+)
+_CURL_INVALID_URL = frozenset({pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL})
+_CURL_PROTOCOL = frozenset({pycurl.E_BAD_CONTENT_ENCODING})
 
 
-def _classify(exc: BaseException, *, expired: bool) -> tuple[ErrorKind, ErrorCode, str]:
+def _classify(exc: BaseException) -> tuple[ErrorKind, ErrorCode, str]:
     """Map an exception to (kind, code, message); only `transient` is worth a retry."""
-    causes = list(_causes(exc))
     message = str(exc) or type(exc).__name__
-
-    def caused_by(*types: type[BaseException]) -> bool:
-        return any(isinstance(cause, types) for cause in causes)
-
+    if isinstance(exc, _TransferError) and exc.cause is not None:
+        exc = exc.cause  # what our callback met: the guard, DNS, the connect
     if isinstance(exc, InvalidURLError):
         return ErrorKind.PERMANENT, ErrorCode.INVALID_URL, message
     if isinstance(exc, SSRFError):
         return ErrorKind.PERMANENT, ErrorCode.SSRF, f"refused: {message}"
-    # Not urllib3's TimeoutError as a whole: its NewConnectionError (refused,
-    # unreachable) is a ConnectTimeoutError.
-    if (
-        expired
-        or isinstance(exc, _DeadlineExceededError | ReadTimeoutError | TimeoutError)
-        or (isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError))
-    ):
+    if isinstance(exc, _DeadlineExceededError | TimeoutError):
         return ErrorKind.TRANSIENT, ErrorCode.TIMEOUT, message
     if isinstance(exc, _TooManyRedirectsError):
         return ErrorKind.PERMANENT, ErrorCode.TOO_MANY_REDIRECTS, message
     if isinstance(exc, urllib3.exceptions.LocationValueError):
         return ErrorKind.PERMANENT, ErrorCode.INVALID_URL, message
-    if caused_by(ssl.SSLCertVerificationError):
+    if isinstance(exc, socket.gaierror):
+        kind = ErrorKind.PERMANENT if exc.errno in _EAI_PERMANENT else ErrorKind.TRANSIENT
+        return kind, ErrorCode.DNS, message
+    if isinstance(exc, ssl.SSLCertVerificationError):
         return ErrorKind.PERMANENT, ErrorCode.TLS, message
-    if caused_by(urllib3.exceptions.SSLError, ssl.SSLError):
-        return ErrorKind.TRANSIENT, ErrorCode.TLS, message
-    for cause in causes:
-        if isinstance(cause, socket.gaierror):
-            kind = ErrorKind.PERMANENT if cause.errno in _EAI_PERMANENT else ErrorKind.TRANSIENT
-            return kind, ErrorCode.DNS, message
-    if caused_by(urllib3.exceptions.DecodeError):
-        return ErrorKind.PERMANENT, ErrorCode.PROTOCOL, message
+    if isinstance(exc, _TransferError):
+        if exc.code in _CURL_TIMEOUT:
+            return ErrorKind.TRANSIENT, ErrorCode.TIMEOUT, message
+        if exc.code in _CURL_TLS_PERMANENT:
+            return ErrorKind.PERMANENT, ErrorCode.TLS, message
+        if exc.code in _CURL_TLS:
+            return ErrorKind.TRANSIENT, ErrorCode.TLS, message
+        if exc.code in _CURL_INVALID_URL:
+            return ErrorKind.PERMANENT, ErrorCode.INVALID_URL, message
+        if exc.code in _CURL_PROTOCOL:
+            return ErrorKind.PERMANENT, ErrorCode.PROTOCOL, message
+        if exc.code == pycurl.E_COULDNT_RESOLVE_HOST:
+            return ErrorKind.TRANSIENT, ErrorCode.DNS, message
+        return ErrorKind.TRANSIENT, ErrorCode.CONNECTION, message
     if isinstance(exc, ValueError):
         return ErrorKind.PERMANENT, ErrorCode.INVALID_REQUEST, message
     return ErrorKind.TRANSIENT, ErrorCode.CONNECTION, message
