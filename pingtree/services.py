@@ -245,17 +245,39 @@ def _direct_request(integration_id: int, meaning: str, state: tuple[str, int] | 
     return request.request_step
 
 
+class _Countdown:
+    """Set once ``n`` pool threads have taken their calls: an auction's driver waits for
+    it before writing the result rows, so that its own Python work (ten model rows, their
+    parameters) does not hold the GIL while the pings are still being built and sent. The
+    rows are needed only when the answers are written, at least a buyer's latency later.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.lock = threading.Lock()
+        self.left = n
+        self.done = threading.Event()
+        if n <= 0:
+            self.done.set()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left <= 0:
+                self.done.set()
+
+
 class _PingCall:
     """A call started and driven on a pool thread: a direct request, or a scenario run
     (written there too, so an auction's pings start in parallel). The driver may give up
     on it: then the run, if it was started, is cancelled (a direct call's late answer is
     logged and ignored), and a call not yet started never is."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: _Countdown | None = None) -> None:
         self.lock = threading.Lock()
         self.run_id: int | None = None
         self.abandoned = False
         self.delivered = False  # a deferred log handed to the driver, which writes it
+        self.started = started  # counted down when a pool thread takes the call
 
     def job(
         self,
@@ -267,6 +289,8 @@ class _PingCall:
         defer_log: bool = False,
         lead_layer: dict[str, Any] | None = None,
     ) -> ScenarioRun | integration_services.RunResult | None:
+        if self.started is not None:
+            self.started.tick()
         with self.lock:
             if self.abandoned:
                 return None
@@ -1502,16 +1526,24 @@ class _Driver:
     ) -> None:
         capable = self._ping_capable([c.offer for c in eligible])
         pinged: list[tuple[_Candidate, _PingCall, Future, float, dict[str, Any]]] = []
+        taken = _Countdown(sum(c.offer.integration_id in capable for c in eligible))
         for cand in eligible:
             if cand.offer.integration_id in capable:
                 started = time.monotonic()
-                call, future, variables = self._ping_submit(cand.offer, until, defer_log=True)
+                call, future, variables = self._ping_submit(
+                    cand.offer, until, defer_log=True, started=taken
+                )
                 pinged.append((cand, call, future, started, variables))
             else:
                 cand.value = self._expected_value(cand.offer, None)
         # The result rows are written while the pings are on their way (this thread would
         # only wait): a driver lost in between leaves no row, so its successor pings
-        # again, which sells nothing; nothing is posted before the rows exist.
+        # again, which sells nothing; nothing is posted before the rows exist. Written
+        # once every ping is in a pool thread's hands (or the earliest could have timed
+        # out): the pings go out first, the rows are not needed before the answers.
+        if pinged:
+            first_deadline = min(cand.offer.timeout_seconds for cand, *_ in pinged)
+            taken.done.wait(min(first_deadline, _seconds_left(until)))
         self._open_many([c.offer for c in eligible], tier)
         for cand in eligible:
             cand.result = self.results[cand.offer.pk]
@@ -1974,12 +2006,14 @@ class _Driver:
         return _outcome_of(fresh, ms)
 
     def _ping_submit(
-        self, offer: Offer, until: datetime, *, fresh: bool = False, defer_log: bool = False
-    ) -> tuple[_PingCall, Future, dict[str, Any]]:
+        self, offer: Offer, until: datetime, *, fresh: bool = False, defer_log: bool = False,
+        started: _Countdown | None = None,
+    ) -> tuple[_PingCall, Future, dict[str, Any]]:  # fmt: skip
         """Ping on the pool; ``defer_log`` (an auction's pings): a direct call's log row
-        is left to the driver, which writes it with the answers (_pings_write)."""
+        is left to the driver, which writes it with the answers (_pings_write);
+        ``started`` is counted down when a pool thread takes the call."""
         seconds = min(_seconds_left(until), offer.timeout_seconds)
-        call = _PingCall()
+        call = _PingCall(started)
         variables = self._variables(offer)
         future = POOL.submit(
             call.job, offer.integration, self.lead, variables, seconds,

@@ -112,6 +112,37 @@ def test_auction_pings_in_parallel_posts_to_the_highest_bid(tree, buyers):
     assert '"p12"' in buyers.bodies["/post12"][0] and '"12.0000"' in buyers.bodies["/post12"][0]
 
 
+def test_an_auctions_rows_are_written_once_every_ping_is_in_a_pool_threads_hands(
+    tree, buyers, monkeypatch
+):
+    """The pings go out first: the driver's own work on the rows would hold the GIL
+    while the pool threads build and send them, and the rows are needed only later."""
+    events: list[str] = []
+    job, open_many = services._PingCall.job, services._Driver._open_many
+
+    def recording_job(self, *args, **kwargs):
+        events.append("ping taken")
+        return job(self, *args, **kwargs)
+
+    def recording_open(self, *args, **kwargs):
+        events.append("rows written")
+        return open_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(services._PingCall, "job", recording_job)
+    monkeypatch.setattr(services._Driver, "_open_many", recording_open)
+    offers = [
+        tree.offer(f"Bidder {bid}", price_model="bid",
+                   ping=buyers.json(f"/ping{bid}", price=str(bid)), post=buyers.json(f"/p{bid}"))
+        for bid in (3, 7, 4, 6)
+    ]  # fmt: skip
+    tree.tier("auction", *offers)
+
+    dist = distribute(tree.lead())
+
+    assert events[:5] == ["ping taken"] * 4 + ["rows written"]
+    assert results(dist)["Bidder 7"].is_sold
+
+
 def test_every_call_of_an_auction_is_logged_and_linked_to_its_row(tree, buyers, call_path):
     offers = [
         tree.offer(f"Bidder {bid}", price_model="bid",
