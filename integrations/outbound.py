@@ -28,10 +28,11 @@ so TLS SNI, certificate checks and the Host header keep the hostname.
 
 Why libcurl (pycurl) under it: the exchange (write, wait, parse the status line and
 headers, decode, the total deadline) runs in C with the GIL released for its whole
-length. With urllib3 (and requests before it) the same exchange cost 1.1 ms of Python
-per call on the ping tree's auction, which a worker's threads paid one at a time under
-the GIL; libcurl does it in about a quarter of that (docs/benchmarks.md, sixth
-session). What requests did that we want is done here in a few lines: its default
+length. With urllib3 (and requests before it) the same exchange cost 1.1 ms of CPU per
+call on the ping tree's auction, which a worker's threads paid one at a time under the
+GIL; on libcurl a sustained auction lead (6 calls) costs 4-5 ms less CPU, and the
+ping tree kept up with the bare fan-out for the first time (docs/benchmarks.md, sixth
+session of 2026-12-03). What requests did that we want is done here in a few lines: its default
 headers, Content-Length, header validation, Basic auth from credentials in the URL,
 certifi's CA bundle; libcurl is told to use none of its own defaults (proxy, netrc,
 protocols other than http and https, Expect, a default Content-Type).
