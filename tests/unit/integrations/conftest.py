@@ -215,6 +215,19 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
         server.close()
 
 
+def keep_alive(server: RawServer, conn: socket.socket) -> None:
+    """Answer "ok" to every request on the connection until the client closes it, keeping
+    each request's head."""
+    while True:
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if not (data := conn.recv(4096)):
+                return
+            head += data
+        server.requests.append(head)
+
+
 def trickle(server: RawServer, conn: socket.socket, data: bytes, interval: float) -> None:
     """Send `data` one byte at a time: every socket read sees progress, none times out."""
     for byte in data:

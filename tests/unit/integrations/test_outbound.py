@@ -28,7 +28,7 @@ from integrations.outbound import (
     mask_url,
     send,
 )
-from tests.unit.integrations.conftest import LOOPBACK, trickle
+from tests.unit.integrations.conftest import LOOPBACK, keep_alive, trickle
 
 PUBLIC_IP = "93.184.216.34"
 
@@ -421,16 +421,6 @@ def test_connect_goes_to_the_checked_address_without_resolving_again(dns, connec
 
 
 def test_a_pooled_connection_is_checked_again_before_reuse(raw_server, dns, connections):
-    def keep_alive(srv, conn):
-        while True:
-            srv.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                if not (data := conn.recv(4096)):
-                    return
-                head += data
-            srv.requests.append(head)
-
     dns.add("buyer.example", ["127.0.0.1"])
     srv = raw_server(keep_alive)
     connections.allowed_networks = [ipaddress.ip_network("127.0.0.0/8")]

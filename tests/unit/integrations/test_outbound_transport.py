@@ -11,24 +11,13 @@ from pytest_httpserver import HTTPServer
 
 from integrations import outbound
 from integrations.outbound import ErrorCode, OutboundRequest, send
-from tests.unit.integrations.conftest import trickle
+from tests.unit.integrations.conftest import keep_alive, trickle
 
 
 @pytest.fixture
 def server(httpserver_ipv4: HTTPServer) -> HTTPServer:
     httpserver_ipv4.expect_request("/ping").respond_with_data("pong")
     return httpserver_ipv4
-
-
-def keep_alive(srv, conn):
-    """Answers every request on the connection until the client closes it."""
-    while True:
-        srv.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            if not (data := conn.recv(4096)):
-                return
-            head += data
 
 
 def test_200_sequential_sends_start_no_thread_and_reuse_one_connection(
