@@ -500,7 +500,6 @@ _UNRESOLVED = "192.0.2.1"
 _CURL_PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 _MAX_CONNECTIONS = 10  # kept alive per thread, one per host (urllib3 kept 10 pools)
 _ACCEPT_ENCODING = "gzip, deflate"
-_TCP_NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 _CA_BUNDLE = certifi.where()
 
 
@@ -650,7 +649,7 @@ class _Transport:
         if hop is None:
             return pycurl.SOCKET_BAD
         try:
-            sock = _connect_checked(hop.host, hop.port, hop.connect_timeout, None, _TCP_NODELAY)
+            sock = _connect_checked(hop.host, hop.port, hop.connect_timeout)
             self.opened = (sock.getsockname()[:2], sock.getpeername()[0])
         except Exception as exc:  # noqa: BLE001 - kept for _classify, see above
             hop.error = exc
@@ -741,23 +740,15 @@ def connections_opened() -> int:
     return _transport().connections_opened
 
 
-def _connect_checked(
-    host: str,
-    port: int,
-    timeout: float,
-    source_address: tuple[str, int] | None,
-    socket_options: Iterable[tuple[int, int, int]] | None,
-) -> socket.socket:
-    """Connect to the first address that answers, among the checked ones."""
+def _connect_checked(host: str, port: int, timeout: float) -> socket.socket:
+    """Connect to the first address that answers, among the checked ones (TCP_NODELAY:
+    a request's head and body must not wait for the buyer's ACK)."""
     error: OSError | None = None
     for family, socktype, proto, _name, address in _resolve_checked(host.strip("[]"), port):
         sock = socket.socket(family, socktype, proto)
         try:
-            for option in socket_options or ():
-                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(timeout)
-            if source_address:
-                sock.bind(source_address)
             sock.connect(address)
             return sock
         except OSError as exc:
@@ -805,7 +796,6 @@ def send(request: OutboundRequest, *, log_line: bool = True) -> OutboundResult:
         _DeadlineExceededError,
         _TooManyRedirectsError,
         _TransferError,
-        urllib3.exceptions.LocationValueError,
         OSError,
         ValueError,
     ) as exc:
@@ -1022,8 +1012,6 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, ErrorCode, str]:
         return ErrorKind.TRANSIENT, ErrorCode.TIMEOUT, message
     if isinstance(exc, _TooManyRedirectsError):
         return ErrorKind.PERMANENT, ErrorCode.TOO_MANY_REDIRECTS, message
-    if isinstance(exc, urllib3.exceptions.LocationValueError):
-        return ErrorKind.PERMANENT, ErrorCode.INVALID_URL, message
     if isinstance(exc, socket.gaierror):
         kind = ErrorKind.PERMANENT if exc.errno in _EAI_PERMANENT else ErrorKind.TRANSIENT
         return kind, ErrorCode.DNS, message
