@@ -17,6 +17,10 @@ us to) passes through `send()`, so the rules live here once:
 - Proxy variables, netrc and CA-bundle variables from the environment are ignored,
   cookies are never kept between requests (they would leak across workspaces).
 - Errors come back as data, typed `transient` (retry may help) or `permanent`.
+- Each call is sent at most once: a kept-alive connection that closes before any answer
+  ends the call with a connection error (libcurl would send it again on a new
+  connection, unlogged, to a buyer that may have taken it). Retrying is the caller's
+  decision, and its own logged call.
 - Secrets are masked in every view meant for logs.
 
 Why our own guarded connection instead of requests-hardened: it checks only the first
@@ -526,6 +530,7 @@ class _Hop:
     status: int | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     sockets: list[socket.socket] = field(default_factory=list)
+    sent: bool = False  # the request went out (on a new or a reused connection)
 
     def header(self, line: bytes) -> None:
         """libcurl's header callback, one line at a time (the status line included).
@@ -648,6 +653,15 @@ class _Transport:
         hop = self.hop
         if hop is None:
             return pycurl.SOCKET_BAD
+        if hop.sent:
+            # libcurl sends a request again, on a new connection, when a kept-alive one
+            # closed before a byte of the answer came. The buyer may have taken it (a
+            # post, a conversion): we never send twice on our own, and the one call is
+            # logged as what it was, a connection closed unanswered.
+            hop.error = _NotSentAgainError(
+                "the connection closed before any answer; the request is not sent again"
+            )
+            return pycurl.SOCKET_BAD
         try:
             sock = _connect_checked(hop.host, hop.port, hop.connect_timeout)
             self.opened = (sock.getsockname()[:2], sock.getpeername()[0])
@@ -690,6 +704,8 @@ class _Transport:
             if self.hop is not None:
                 self.hop.error = exc
             return pycurl.PREREQFUNC_ABORT
+        if self.hop is not None:
+            self.hop.sent = True
         return pycurl.PREREQFUNC_OK
 
 
@@ -762,6 +778,10 @@ def _connect_checked(host: str, port: int, timeout: float) -> socket.socket:
 
 class _DeadlineExceededError(Exception):
     pass
+
+
+class _NotSentAgainError(ConnectionError):
+    """A request whose connection closed unanswered, which libcurl would send again."""
 
 
 class _TooManyRedirectsError(Exception):

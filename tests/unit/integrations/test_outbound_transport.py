@@ -10,7 +10,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from integrations import outbound
-from integrations.outbound import ErrorCode, OutboundRequest, send
+from integrations.outbound import ErrorCode, ErrorKind, OutboundRequest, send
 from tests.unit.integrations.conftest import keep_alive, trickle
 
 
@@ -136,3 +136,40 @@ def test_closed_connections_are_forgotten_and_a_cut_one_is_not_reused(raw_server
     assert cut.ok and cut.truncated and cut.body == b"z" * 10
     assert again.ok and not again.truncated and again.body == b"z" * 100_000
     assert transport.connections_opened == opened + 2
+
+
+def _answers_once_then_hangs_up(srv, conn):
+    """Answers the first request of a connection; reads the next and closes without a
+    word (a buyer that took the request, then died)."""
+    srv.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        if not (data := conn.recv(4096)):
+            return
+        head += data
+    srv.requests.append(head)
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_request_is_not_sent_again_when_a_kept_alive_connection_closes_unanswered(
+    raw_server, loopback, method
+):
+    # libcurl's own behaviour would send it again on a new connection: the buyer would
+    # see the post twice, and the second call would be in no log.
+    srv = raw_server(_answers_once_then_hangs_up)
+    body = b"{}" if method == "POST" else None
+    assert send(OutboundRequest(method, srv.url("/post"), body=body)).ok
+    opened = outbound.connections_opened()
+
+    result = send(OutboundRequest(method, srv.url("/post"), body=body))
+
+    assert len(srv.requests) == 2  # the first, and the one that met the closed connection
+    assert outbound.connections_opened() == opened
+    assert not result.ok
+    assert result.error_kind == ErrorKind.TRANSIENT
+    assert result.error_code == ErrorCode.CONNECTION
+    assert "closed before any answer" in result.error_message
+    assert "not sent again" in result.error_message
+    # The handle is fine afterwards: the next request goes out on a new connection.
+    assert send(OutboundRequest(method, srv.url("/post"), body=body)).ok
+    assert len(srv.requests) == 3
