@@ -102,6 +102,21 @@ def test_hostname_stays_in_host_header_while_connecting_to_the_checked_ip(
     assert connections.addresses == ["127.0.0.1"]
 
 
+def test_a_fully_qualified_name_with_its_trailing_dot_goes_through_the_guard(
+    server, loopback, dns, connections
+):
+    # libcurl is told the name resolves to a placeholder; with the dot it must still be
+    # our resolver and our checked connect that are used, never libcurl's own.
+    dns.add("buyer.example.", ["127.0.0.1"])
+    server.expect_request("/ping").respond_with_data("ok")
+
+    result = send(OutboundRequest("GET", f"http://buyer.example.:{server.port}/ping"))
+
+    assert result.status_code == 200
+    assert dns.calls == ["buyer.example."]
+    assert connections.addresses == ["127.0.0.1"]
+
+
 # --- deadlines and network errors ---------------------------------------------------
 
 
