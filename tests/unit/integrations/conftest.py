@@ -215,17 +215,25 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
         server.close()
 
 
+def next_request(server: RawServer, conn: socket.socket) -> bool:
+    """Read the next request's head on the connection and keep it; False when the client
+    closed the connection instead."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        if not (data := conn.recv(4096)):
+            return False
+        head += data
+    server.requests.append(head)
+    return True
+
+
 def keep_alive(server: RawServer, conn: socket.socket) -> None:
     """Answer "ok" to every request on the connection until the client closes it, keeping
     each request's head."""
     while True:
         server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            if not (data := conn.recv(4096)):
-                return
-            head += data
-        server.requests.append(head)
+        if not next_request(server, conn):
+            return
 
 
 def trickle(server: RawServer, conn: socket.socket, data: bytes, interval: float) -> None:

@@ -11,7 +11,7 @@ from pytest_httpserver import HTTPServer
 
 from integrations import outbound
 from integrations.outbound import ErrorCode, ErrorKind, OutboundRequest, send
-from tests.unit.integrations.conftest import keep_alive, trickle
+from tests.unit.integrations.conftest import keep_alive, next_request, trickle
 
 
 @pytest.fixture
@@ -142,12 +142,7 @@ def _answers_once_then_hangs_up(srv, conn):
     """Answers the first request of a connection; reads the next and closes without a
     word (a buyer that took the request, then died)."""
     srv.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        if not (data := conn.recv(4096)):
-            return
-        head += data
-    srv.requests.append(head)
+    next_request(srv, conn)
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
