@@ -3,19 +3,22 @@ money split, averages, the day they fall on, and test leads left out."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from integrations import services as integration_services
 from pingtree.figures import figures_chart, money_chart, offer_figures, offers_figures
 from pingtree.models import Distribution, Offer, OfferResult, PingTree, Tier
 from structures.models import Lead
-from tests.factories.structures import AdvertiserFactory, make_lead_setup
+from tests.factories.structures import AdvertiserFactory, UserFactory, make_lead_setup
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -119,6 +122,32 @@ def test_offer_figures_count_each_kind_of_answer_and_the_money(world: dict) -> N
     assert (beta_totals["revenue"], beta_totals["payout"], beta_totals["margin"]) == (
         D("20.00"), D("8.00"), D("12.00"),
     )  # fmt: skip
+
+
+def test_the_offer_page_lists_its_latest_leads_with_money_as_money(
+    world: dict, client: Client
+) -> None:
+    _known_rows(world)
+    client.force_login(UserFactory(is_superuser=True))
+    alpha = world["offers"][0]
+
+    page = client.get(reverse("admin:pingtree_offer_change", args=[alpha.pk])).content.decode()
+
+    latest = page[page.index('id="latest-results"') :]
+    latest = latest[: latest.index("</table>")]
+    rows = [
+        " ".join(re.sub(r"<[^>]+>", " ", tr).split())
+        for tr in re.findall(r"<tr.*?</tr>", latest, re.S)[1:]  # the head row first
+    ]
+    # Newest first: the test lead, the skip, the rejected ping, the outbid, the rejected
+    # post, the sale. Bids and prices in two decimals, the sale named as the others are.
+    assert "(test)" in rows[0] and rows[0].endswith("Sold 99.00 99.00")
+    assert "Skipped — — Cap reached" in rows[1]
+    assert "Rejected — — State not covered" in rows[2]
+    assert "10.00 —" in rows[3]
+    assert "Rejected 20.00 — Duplicate" in rows[4]
+    assert rows[5].endswith("Sold 30.00 30.00")
+    assert "30.0000" not in latest and ">sold<" not in latest
 
 
 def test_test_leads_never_count_in_figures_or_money(world: dict) -> None:
