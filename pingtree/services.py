@@ -2733,8 +2733,10 @@ class _Driver:
             "finished_at": now,
         }
         if sold:
+            # Money as money; a test lead's sale is counted nowhere, so no "for 0".
+            money = " (a test lead: not counted)" if self.dist.is_test else f" for {revenue:.2f}"
             event = _history_row(
-                self.dist, "sold", f"Sold to {buyers} for {revenue.normalize():f}.",
+                self.dist, "sold", f"Sold to {buyers}{money}.",
                 {"revenue": str(revenue), "payout": str(payout)},
             )  # fmt: skip
         else:

@@ -255,4 +255,4 @@ def test_the_sale_that_ends_an_auction_and_the_finish_are_one_statement(tree, bu
     )  # fmt: skip
     assert buyers.total("/l") == 0
     event = LeadEvent.objects.get(lead=dist.lead, kind="sold")
-    assert event.message == "Sold to High for 9." and event.data["payout"] == "3.6000"
+    assert event.message == "Sold to High for 9.00." and event.data["payout"] == "3.6000"

@@ -438,6 +438,8 @@ def test_test_leads_run_the_whole_tree_but_never_count(tree, buyers):
         assert dist.status == "sold" and dist.is_test
         assert (dist.revenue, dist.payout, dist.margin) == (0, 0, 0)
         assert results(dist)["Test mode"].is_test
+        sold = LeadEvent.objects.get(lead_id=dist.lead_id, kind="sold")
+        assert sold.message == "Sold to Test mode (a test lead: not counted)."
     assert buyers.total("/tm") == 3  # the buyer's test mode is sent test leads
     assert not CapCounter.objects.exists()
     real = distribute(tree.lead(9))
