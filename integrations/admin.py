@@ -691,6 +691,42 @@ def _response_text(run: Any) -> str:
     return result.masked_response()["body"]
 
 
+# As the request builder's preview shows a request (requeststep/_request.html).
+_LOG_BLOCK = "rounded-default bg-base-50 p-2 text-xs dark:bg-base-900"
+# Pretty-printing is for reading: a body larger than this is shown as it was stored.
+_PRETTY_MAX = 200_000
+
+
+def _headers_block(headers: Any, block_id: str) -> str:
+    """A log row's headers as the wire shows them, one ``Name: value`` per line (they are
+    stored as [name, value] pairs, secrets already masked)."""
+    pairs = [h for h in headers or [] if isinstance(h, list | tuple) and len(h) == 2]
+    if not pairs:
+        return "—"
+    text = "\n".join(f"{name}: {value}" for name, value in pairs)
+    return format_html(
+        '<pre class="{}" id="{}" style="white-space: pre-wrap; word-break: break-all;">{}</pre>',
+        _LOG_BLOCK, block_id, text,
+    )  # fmt: skip
+
+
+def _body_block(body: str, block_id: str) -> str:
+    """A log row's body, JSON indented (keys in their order, text as written), anything
+    else as it was sent or received; escaped, lines wrapped."""
+    if not body:
+        return "—"
+    text = body
+    if len(body) <= _PRETTY_MAX and body.lstrip()[:1] in ("{", "["):
+        try:
+            text = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
+    return format_html(
+        '<pre class="{}" id="{}" style="white-space: pre-wrap; word-break: break-all;">{}</pre>',
+        _LOG_BLOCK, block_id, text,
+    )  # fmt: skip
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(ScopedAdmin):
     list_display = ["created_at", "integration", "outcome_badge", "status_code", "duration_ms",
@@ -704,13 +740,33 @@ class RequestLogAdmin(ScopedAdmin):
     fieldsets = [
         (None, {"fields": ["created_at", "integration", "request_step", "lead", "origin",
                            "was_sent", "outcome", "reason", "error", "captured"]}),
-        ("Request", {"fields": ["method", "url", "request_headers", "request_body"]}),
-        ("Response", {"fields": ["status_code", "duration_ms", "response_headers",
-                                 "response_body"]}),
+        ("Request", {"fields": ["method", "url", "request_headers_shown",
+                                "request_body_shown"]}),
+        ("Response", {"fields": ["status_code", "duration_ms", "response_headers_shown",
+                                 "response_body_shown"]}),
     ]  # fmt: skip
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [f.name for f in RequestLog._meta.fields]
+        return [f.name for f in RequestLog._meta.fields] + [
+            "request_headers_shown", "request_body_shown",
+            "response_headers_shown", "response_body_shown",
+        ]  # fmt: skip
+
+    @admin.display(description="request headers")
+    def request_headers_shown(self, obj: RequestLog) -> str:
+        return _headers_block(obj.request_headers, "log-request-headers")
+
+    @admin.display(description="request body")
+    def request_body_shown(self, obj: RequestLog) -> str:
+        return _body_block(obj.request_body, "log-request-body")
+
+    @admin.display(description="response headers")
+    def response_headers_shown(self, obj: RequestLog) -> str:
+        return _headers_block(obj.response_headers, "log-response-headers")
+
+    @admin.display(description="response body")
+    def response_body_shown(self, obj: RequestLog) -> str:
+        return _body_block(obj.response_body, "log-response-body")
 
     @display(description="outcome", ordering="outcome", label=OUTCOME_COLOURS)
     def outcome_badge(self, obj: RequestLog) -> str:

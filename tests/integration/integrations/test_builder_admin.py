@@ -438,6 +438,41 @@ def test_test_endpoint_sends_shows_request_response_outcome_and_logs(setup, oper
     ).status_code == 200  # fmt: skip
 
 
+def test_a_log_row_shows_headers_as_lines_and_a_json_body_indented(setup, operator):
+    step = make_integration(setup)
+    entry = RequestLog.objects.create(
+        workspace=setup.workspace, integration=step.integration, request_step=step,
+        method="POST", url=PUBLIC_URL,
+        request_headers=[["Content-Type", "application/json"], ["X-Key", "********"]],
+        request_body='{"email":"jane@example.com","tags":["a","b"],"note":"<script>x</script>"}',
+        status_code=200, response_headers=[["Content-Type", "text/xml"]],
+        response_body="<response><status>ok</status></response>", outcome="accepted",
+    )  # fmt: skip
+
+    html = operator.get(reverse("admin:integrations_requestlog_change", args=[entry.pk]))
+    html = html.content.decode()
+
+    def block(block_id: str) -> str:
+        found = re.search(rf'<pre [^>]*id="{block_id}"[^>]*>(.*?)</pre>', html, re.S)
+        assert found, block_id
+        return found.group(1)
+
+    assert block("log-request-headers") == "Content-Type: application/json\nX-Key: ********"
+    assert block("log-request-body") == (
+        "{\n"
+        '  &quot;email&quot;: &quot;jane@example.com&quot;,\n'
+        "  &quot;tags&quot;: [\n    &quot;a&quot;,\n    &quot;b&quot;\n  ],\n"
+        '  &quot;note&quot;: &quot;&lt;script&gt;x&lt;/script&gt;&quot;\n'
+        "}"
+    )  # fmt: skip
+    assert block("log-response-headers") == "Content-Type: text/xml"
+    # Not JSON: as received, escaped.
+    assert block("log-response-body") == (
+        "&lt;response&gt;&lt;status&gt;ok&lt;/status&gt;&lt;/response&gt;"
+    )
+    assert "<script>x" not in html
+
+
 def test_test_endpoint_with_a_real_lead_logs_that_lead(setup, operator, buyer):
     step = make_integration(setup)
     add_json_rows(step, url=buyer.url_for("/leads"))
