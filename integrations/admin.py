@@ -727,6 +727,17 @@ def _body_block(body: str, block_id: str) -> str:
     )  # fmt: skip
 
 
+def _shown(field: str, block: Any) -> Any:
+    """A read-only display of a log row's headers or body, under the field's own label
+    (its HTML id: ``log-`` and the field's name with dashes)."""
+
+    @admin.display(description=RequestLog._meta.get_field(field).verbose_name)
+    def shown(self: Any, obj: RequestLog) -> str:
+        return block(getattr(obj, field), "log-" + field.replace("_", "-"))
+
+    return shown
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(ScopedAdmin):
     list_display = ["created_at", "integration", "outcome_badge", "status_code", "duration_ms",
@@ -752,21 +763,10 @@ class RequestLogAdmin(ScopedAdmin):
             "response_headers_shown", "response_body_shown",
         ]  # fmt: skip
 
-    @admin.display(description="request headers")
-    def request_headers_shown(self, obj: RequestLog) -> str:
-        return _headers_block(obj.request_headers, "log-request-headers")
-
-    @admin.display(description="request body")
-    def request_body_shown(self, obj: RequestLog) -> str:
-        return _body_block(obj.request_body, "log-request-body")
-
-    @admin.display(description="response headers")
-    def response_headers_shown(self, obj: RequestLog) -> str:
-        return _headers_block(obj.response_headers, "log-response-headers")
-
-    @admin.display(description="response body")
-    def response_body_shown(self, obj: RequestLog) -> str:
-        return _body_block(obj.response_body, "log-response-body")
+    request_headers_shown = _shown("request_headers", _headers_block)
+    request_body_shown = _shown("request_body", _body_block)
+    response_headers_shown = _shown("response_headers", _headers_block)
+    response_body_shown = _shown("response_body", _body_block)
 
     @display(description="outcome", ordering="outcome", label=OUTCOME_COLOURS)
     def outcome_badge(self, obj: RequestLog) -> str:
