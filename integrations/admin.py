@@ -35,7 +35,7 @@ from integrations.models import (
     ResponseCapture,
     ResponseRule,
 )
-from integrations.reading import TraceKind, evaluate_sample
+from integrations.reading import TraceKind, evaluate_sample, xml_pretty
 from integrations.selectors import integration_figures, recent_logs
 from integrations.spec import AuthType, BodyFormat, Method, RequestSpec
 from integrations.templating import check_template
@@ -711,16 +711,20 @@ def _headers_block(headers: Any, block_id: str) -> str:
 
 
 def _body_block(body: str, block_id: str) -> str:
-    """A log row's body, JSON indented (keys in their order, text as written), anything
-    else as it was sent or received; escaped, lines wrapped."""
+    """A log row's body, JSON or XML indented (JSON keys in their order, text as written;
+    XML only when it is safe to parse, as the response reader decides), anything else as
+    it was sent or received; escaped, lines wrapped."""
     if not body:
         return "—"
     text = body
-    if len(body) <= _PRETTY_MAX and body.lstrip()[:1] in ("{", "["):
+    first = body.lstrip()[:1]
+    if len(body) <= _PRETTY_MAX and first in ("{", "["):
         try:
             text = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
         except ValueError:
             pass
+    elif len(body) <= _PRETTY_MAX and first == "<":
+        text = xml_pretty(body) or body
     return format_html(
         '<pre class="{}" id="{}" style="white-space: pre-wrap; word-break: break-all;">{}</pre>',
         _LOG_BLOCK, block_id, text,

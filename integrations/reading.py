@@ -291,6 +291,26 @@ def _parse_body(body: bytes | str, content_type: str, notes: list[TraceEntry]) -
 
 
 def _parse_xml(text: str, notes: list[TraceEntry]) -> Any:
+    """The lxml root of a safe XML document, its namespaces stripped for the rules'
+    paths, or None (with a note) when refused."""
+    root = _safe_xml_root(text, notes)
+    if root is not None:
+        _strip_namespaces(root)
+    return root
+
+
+def xml_pretty(text: str) -> str | None:
+    """A safe XML document indented for reading (the request log's page), namespaces
+    kept; None when it is not one (not well-formed, or with a DTD or entities, which
+    are never expanded)."""
+    root = _safe_xml_root(text, [])
+    if root is None:
+        return None
+    etree.indent(root, space="  ")
+    return etree.tostring(root, encoding="unicode")
+
+
+def _safe_xml_root(text: str, notes: list[TraceEntry]) -> Any:
     """The lxml root of a safe XML document, or None (with a note) when refused."""
     if _DTD_RE.search(text):
         notes.append(
@@ -321,12 +341,10 @@ def _parse_xml(text: str, notes: list[TraceEntry]) -> Any:
         huge_tree=False,
     )
     try:
-        root = etree.fromstring(text, parser=parser)  # noqa: S320 (checked above)
+        return etree.fromstring(text, parser=parser)  # noqa: S320 (checked above)
     except (etree.XMLSyntaxError, ValueError):
         notes.append(_note("The body is not well-formed XML: it is read as text."))
         return None
-    _strip_namespaces(root)
-    return root
 
 
 def _strip_namespaces(root: Any) -> None:

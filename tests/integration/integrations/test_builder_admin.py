@@ -20,6 +20,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 from werkzeug import Response
 
 from integrations import secrets, services
@@ -466,11 +467,34 @@ def test_a_log_row_shows_headers_as_lines_and_a_json_body_indented(setup, operat
         "}"
     )  # fmt: skip
     assert block("log-response-headers") == "Content-Type: text/xml"
-    # Not JSON: as received, escaped.
+    # XML indented too, escaped.
     assert block("log-response-body") == (
-        "&lt;response&gt;&lt;status&gt;ok&lt;/status&gt;&lt;/response&gt;"
+        "&lt;response&gt;\n  &lt;status&gt;ok&lt;/status&gt;\n&lt;/response&gt;"
     )
     assert "<script>x" not in html
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # An entity is never expanded, not even for display: shown as received.
+        '<!DOCTYPE r [<!ENTITY x "boom">]><r>&x;</r>',
+        "<r><unclosed></r>",
+        "not json {",
+        "{not json",
+    ],
+)
+def test_a_log_body_that_is_not_safe_json_or_xml_is_shown_as_received(setup, operator, body):
+    step = make_integration(setup)
+    entry = RequestLog.objects.create(
+        workspace=setup.workspace, integration=step.integration, method="POST",
+        url=PUBLIC_URL, response_body=body, outcome="error",
+    )  # fmt: skip
+
+    html = operator.get(reverse("admin:integrations_requestlog_change", args=[entry.pk]))
+
+    shown = re.search(r'id="log-response-body"[^>]*>(.*?)</pre>', html.content.decode(), re.S)
+    assert shown and shown.group(1) == escape(body)
 
 
 def test_test_endpoint_with_a_real_lead_logs_that_lead(setup, operator, buyer):
