@@ -148,6 +148,10 @@ def test_the_offer_page_lists_its_latest_leads_with_money_as_money(
     assert "Rejected 20.00 — Duplicate" in rows[4]
     assert rows[5].endswith("Sold 30.00 30.00")
     assert "30.0000" not in latest and ">sold<" not in latest
+    # Each row links its distribution and its lead.
+    sale = OfferResult.objects.get(offer=alpha, is_sold=True, is_test=False)
+    assert reverse("admin:pingtree_distribution_change", args=[sale.distribution_id]) in latest
+    assert reverse("admin:structures_lead_change", args=[sale.distribution.lead_id]) in latest
 
 
 def test_test_leads_never_count_in_figures_or_money(world: dict) -> None:
