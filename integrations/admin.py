@@ -4,6 +4,7 @@ library, import/export, request logs and figures."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -703,11 +704,7 @@ def _headers_block(headers: Any, block_id: str) -> str:
     pairs = [h for h in headers or [] if isinstance(h, list | tuple) and len(h) == 2]
     if not pairs:
         return "—"
-    text = "\n".join(f"{name}: {value}" for name, value in pairs)
-    return format_html(
-        '<pre class="{}" id="{}" style="white-space: pre-wrap; word-break: break-all;">{}</pre>',
-        _LOG_BLOCK, block_id, text,
-    )  # fmt: skip
+    return _pre("\n".join(f"{name}: {value}" for name, value in pairs), block_id)
 
 
 def _body_block(body: str, block_id: str) -> str:
@@ -716,15 +713,17 @@ def _body_block(body: str, block_id: str) -> str:
     it was sent or received; escaped, lines wrapped."""
     if not body:
         return "—"
-    text = body
-    first = body.lstrip()[:1]
+    text, first = body, body.lstrip()[:1]
     if len(body) <= _PRETTY_MAX and first in ("{", "["):
-        try:
+        with contextlib.suppress(ValueError):
             text = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass
     elif len(body) <= _PRETTY_MAX and first == "<":
         text = xml_pretty(body) or body
+    return _pre(text, block_id)
+
+
+def _pre(text: str, block_id: str) -> str:
+    """Text as a block that keeps its lines and wraps long ones (escaped)."""
     return format_html(
         '<pre class="{}" id="{}" style="white-space: pre-wrap; word-break: break-all;">{}</pre>',
         _LOG_BLOCK, block_id, text,
