@@ -298,25 +298,23 @@ class Loader:
         self, label: str, path: str, connections: int, seconds: float, *, parked: bool = True
     ) -> base.Run:
         """One load; ``parked=False`` (the bare endpoint) sends indexes of no parked lead."""
+        start = self.next_index if parked else self.next_unparked
+        load = self._wrk if self.wrk else self._python
+        run = load(label, path, connections, seconds, start)
+        end = run.detail["range"][1]
         if not parked:
-            self.next_index, self.next_unparked = self.next_unparked, self.next_index
-        try:
-            start = self.next_index
-            if self.wrk:
-                run = self._wrk(label, path, connections, seconds)
-            else:
-                run = self._python(label, path, connections, seconds)
-        finally:
-            if not parked:
-                self.next_index, self.next_unparked = self.next_unparked, self.next_index
-        if parked and self.next_index > self.capacity:
+            self.next_unparked = end
+        elif end > self.capacity:
             raise SystemExit("ran out of parked leads: raise --leads or lower --duration")
+        else:
+            self.next_index = end
         run.detail["first_index"] = start
         return run
 
-    def _wrk(self, label: str, path: str, connections: int, seconds: float) -> base.Run:
+    def _wrk(self, label: str, path: str, connections: int, seconds: float, first: int) -> base.Run:
+        """A wrk load whose requests name indexes from ``first`` up (its detail's range)."""
         threads = min(self.threads, connections)
-        env = {**os.environ, "BENCH_BASE": str(self.next_index), "BENCH_THREADS": str(threads)}
+        env = {**os.environ, "BENCH_BASE": str(first), "BENCH_THREADS": str(threads)}
         cmd = [self.wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
                "--timeout", "5s", "--latency", "-s", str(self.lua),
                f"http://127.0.0.1:{self.port}{path}"]  # fmt: skip
@@ -327,8 +325,7 @@ class Loader:
         if proc.returncode != 0 or line is None:
             raise SystemExit(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         data = json.loads(line.split(" ", 1)[1])
-        first = self.next_index
-        self.next_index += threads * (data["max_counter"] + 1)
+        end = first + threads * (data["max_counter"] + 1)
         errors = data["connect"] + data["read"] + data["write"] + data["timeout"] + data["other"]
         # wrk does not say which requests were answered 200; the answered pcids are the
         # indexes sent, minus the ones in flight at the end (checked against the database).
@@ -336,19 +333,23 @@ class Loader:
             label=label, connections=connections, rps=data["created"] / data["duration_s"],
             p50_ms=data["p50_ms"], p90_ms=data["p90_ms"], p99_ms=data["p99_ms"],
             max_ms=data["max_ms"], created=data["created"], sent=data["sent"], errors=errors,
-            detail={**data, "range": (first, self.next_index)},
+            detail={**data, "range": (first, end)},
         )  # fmt: skip
 
-    def _python(self, label: str, path: str, connections: int, seconds: float) -> base.Run:
+    def _python(
+        self, label: str, path: str, connections: int, seconds: float, first: int
+    ) -> base.Run:
+        """The built-in generator's load, indexes from ``first`` up (its detail's range)."""
         import asyncio
 
         latencies: list[float] = []
         counts = {"ok": 0, "other": 0, "socket": 0, "sent": 0}
-        first = self.next_index
+        next_index = first
 
         async def one() -> None:
-            index = self.next_index
-            self.next_index += 1
+            nonlocal next_index
+            index = next_index
+            next_index += 1
             body = f'{{"pcid":"{pcid_for(index)}","status":"sold","price":"12.50"}}'.encode()
             head = (
                 f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
@@ -393,7 +394,7 @@ class Loader:
             label=label, connections=connections, rps=counts["ok"] / elapsed, p50_ms=pct(50),
             p90_ms=pct(90), p99_ms=pct(99), max_ms=latencies[-1] * 1e3 if latencies else 0.0,
             created=counts["ok"], sent=counts["sent"], errors=counts["socket"] + counts["other"],
-            detail={**counts, "range": (first, self.next_index)},
+            detail={**counts, "range": (first, next_index)},
         )  # fmt: skip
 
 
